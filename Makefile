@@ -6,6 +6,9 @@ SHELL := /usr/bin/env bash
 CLUSTER := tests/e2e/cluster
 KUBECONFIG_LOCAL := $(CURDIR)/target/cluster/kubeconfig
 CARGO ?= cargo
+CHART := charts/ferry-operator
+# The pinned cluster binaries (kubectl, helm, ...), built by `make tools`.
+BIN = $(shell source $(CLUSTER)/versions.env && source $(CLUSTER)/lib.sh && bin_dir)
 
 .PHONY: help
 help: ## List the targets
@@ -20,7 +23,7 @@ demo: cluster-up ## Bring up the local cluster (and, as issues land, the operato
 demo-down: cluster-down ## Tear down what `make demo` started
 
 .PHONY: test
-test: lint unit test-e2e ## The one test command: fmt, clippy, unit tests, then e2e on the local cluster
+test: lint generated-check unit test-e2e ## The one test command: fmt, clippy, generated files, unit tests, then e2e on the local cluster
 
 ## ---- pieces of `make test` ---------------------------------------------------
 .PHONY: lint
@@ -28,6 +31,24 @@ lint: ## cargo fmt --check and clippy -D warnings, plus shellcheck when installe
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@if command -v shellcheck >/dev/null; then shellcheck -x $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh .ci/run; fi
+
+.PHONY: crds
+crds: ## Regenerate crds/ from the Rust types and copy them into the chart
+	$(CARGO) run --quiet --locked -p ferry-operator --bin crdgen crds/microservice.yaml
+	cp crds/microservice.yaml $(CHART)/crds/microservice.yaml
+
+.PHONY: generated-check
+generated-check: ## Fail when crds/ is stale or the chart's CRDs differ; helm lint the chart
+	@$(CARGO) run --quiet --locked -p ferry-operator --bin crdgen target/microservice.generated.yaml
+	@diff -u crds/microservice.yaml target/microservice.generated.yaml >/dev/null || \
+	  { echo "crds/microservice.yaml is stale: run 'make crds'"; diff -u crds/microservice.yaml target/microservice.generated.yaml | head -40; exit 1; }
+	@cmp -s crds/microservice.yaml $(CHART)/crds/microservice.yaml || \
+	  { echo "$(CHART)/crds/microservice.yaml differs from crds/: run 'make crds'"; exit 1; }
+	@size=$$(wc -c <crds/microservice.yaml); [ "$$size" -lt 262144 ] || \
+	  { echo "crds/microservice.yaml is $$size bytes; it must stay under 256 KiB for client-side kubectl apply"; exit 1; }
+	$(CLUSTER)/build.sh helm
+	$(BIN)/helm lint --strict $(CHART)
+	@echo "generated files are current; chart lints clean"
 
 .PHONY: unit
 unit: ## Unit and in-process tests (no cluster needed)

@@ -87,9 +87,15 @@ go_install() { # name version ldflags package...
 }
 
 build_kwok() { go_install kwok "$KWOK_VERSION" "" sigs.k8s.io/kwok/cmd/kwok; }
-# The version ldflag makes `helm version` report the full tag, not "v3.22".
+# The ldflags of helm's own Makefile: `helm version` reports the full tag, and
+# `helm template`/`lint` assume the Kubernetes minor helm was built against
+# (without them, v1.20, and charts requiring a newer kubeVersion fail).
 build_helm() {
-  go_install helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  local minor
+  minor="$(cut -d. -f2 <<<"$K8S_VERSION")"
+  go_install helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+ -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+ -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
     helm.sh/helm/v3/cmd/helm
 }
 

@@ -21,3 +21,14 @@ link_bins() {
   done
   return 0
 }
+
+# Where the Go module cache holds module@version (downloading it if needed).
+module_dir() {
+  (cd /tmp && go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+}
+
+# The Prometheus Operator CRD files Ferry's tests use, read from the module.
+prometheus_crd() { # servicemonitors | prometheusrules
+  printf '%s/example/prometheus-operator-crd/monitoring.coreos.com_%s.yaml' \
+    "$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")" "$1"
+}

@@ -185,7 +185,7 @@ wait_for kube-scheduler 60 curl -skf "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 log "starting kwok with $NODES fake nodes"
 # Standalone kwok needs its stages (kwokctl would inject them); they ship in the
 # kwok module, so no download is needed.
-KWOK_MOD="$(cd /tmp && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+KWOK_MOD="$(module_dir "sigs.k8s.io/kwok@$KWOK_VERSION")"
 for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
   pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
   cat "$KWOK_MOD/kustomize/stage/$f.yaml"
@@ -224,11 +224,8 @@ wait_for kwok 60 kc wait --for=condition=Ready node --all --timeout=1s
 wait_for kube-controller-manager 60 kc get serviceaccount default -n default
 
 if [[ "$MONITORING_CRDS" == 1 ]]; then
-  PO_MOD="$(cd /tmp && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
-    sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
   log "installing the ServiceMonitor and PrometheusRule CRDs (prometheus-operator $PROMETHEUS_OPERATOR_VERSION)"
-  kc apply --server-side -f "$PO_MOD/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
-    -f "$PO_MOD/example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml" >/dev/null
+  kc apply --server-side -f "$(prometheus_crd servicemonitors)" -f "$(prometheus_crd prometheusrules)" >/dev/null
   kc wait --for=condition=Established --timeout=30s \
     crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
 fi

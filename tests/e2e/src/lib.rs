@@ -7,9 +7,13 @@
 //! and the tail of any operator log before the namespace is deleted.
 
 mod diagnostics;
+mod microservice;
+mod operator;
 mod wait;
 
 pub use diagnostics::{dump_namespace, register_log_file};
+pub use microservice::{condition, condition_status, microservice_resource};
+pub use operator::OperatorProcess;
 pub use wait::{WaitError, wait_until};
 
 use std::{collections::BTreeMap, future::Future, panic::AssertUnwindSafe, time::Duration};

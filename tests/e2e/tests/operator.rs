@@ -1,0 +1,546 @@
+//! The operator, run as a process against the real API server, reconciling
+//! MicroServices in the test's namespace.
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{
+    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition_status, in_namespace,
+    wait_until,
+};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, coordination::v1::Lease,
+        core::v1::ConfigMap, core::v1::Service, policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    },
+};
+use serde_json::{Value, json};
+
+/// A service as a team would write it: gRPC plus a metrics port, autoscaled,
+/// monitored, with a disruption budget.
+fn shop_spec(image: &str) -> Value {
+    json!({
+        "image": image,
+        "ports": [
+            {"name": "grpc", "port": 8080, "protocol": "grpc"},
+            {"name": "metrics", "port": 9090, "protocol": "http"}
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 6},
+        "monitoring": {"enabled": true, "port": "metrics"},
+        "disruptionBudget": {"minAvailable": 1}
+    })
+}
+
+fn plain_spec() -> Value {
+    json!({
+        "image": PAUSE_IMAGE,
+        "replicas": 1,
+        "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}]
+    })
+}
+
+fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+fn assert_controlled_by(owner: &DynamicObject, refs: Option<&Vec<OwnerReference>>, what: &str) {
+    let refs = refs.unwrap_or_else(|| panic!("{what} has no owner references"));
+    let uid = owner.uid().expect("owner uid");
+    assert!(
+        refs.iter()
+            .any(|r| r.uid == uid && r.kind == "MicroService" && r.controller == Some(true)),
+        "{what} is not controlled by msvc/{}: {refs:?}",
+        owner.name_any()
+    );
+}
+
+async fn deployment(ctx: &TestContext, name: &str) -> Deployment {
+    let deployments: Api<Deployment> = ctx.api();
+    wait_until(&format!("deployment/{name}"), DEFAULT_TIMEOUT, || async {
+        deployments.get_opt(name).await.ok().flatten()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn a_microservice_gets_all_its_children_with_owner_references_and_becomes_available() {
+    in_namespace("msvc-children", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE))
+            .await
+            .expect("create msvc");
+
+        let ms = ctx.wait_for_condition("orders", "Available", "True").await;
+        assert_eq!(
+            ms.data["status"]["phase"], "Healthy",
+            "status: {}",
+            ms.data["status"]
+        );
+
+        let d = deployment(&ctx, "orders").await;
+        assert_controlled_by(&ms, d.metadata.owner_references.as_ref(), "the Deployment");
+        assert!(
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                >= 2,
+            "minReplicas pods are ready"
+        );
+        let container = &d
+            .spec
+            .as_ref()
+            .expect("spec")
+            .template
+            .spec
+            .as_ref()
+            .expect("pod")
+            .containers[0];
+        let probe = container
+            .readiness_probe
+            .as_ref()
+            .expect("a generated readiness probe");
+        assert!(
+            probe.grpc.is_some(),
+            "a gRPC port gets a native gRPC probe: {probe:?}"
+        );
+
+        let svc: Service = ctx.api().get("orders").await.expect("the Service");
+        assert_controlled_by(&ms, svc.metadata.owner_references.as_ref(), "the Service");
+        let ports = svc.spec.and_then(|s| s.ports).unwrap_or_default();
+        assert!(
+            ports.iter().any(|p| p.name.as_deref() == Some("grpc")),
+            "named ports: {ports:?}"
+        );
+
+        let hpa: HorizontalPodAutoscaler = ctx.api().get("orders").await.expect("the HPA");
+        assert_controlled_by(&ms, hpa.metadata.owner_references.as_ref(), "the HPA");
+        let target = hpa.spec.scale_target_ref;
+        assert_eq!(
+            (target.kind.as_str(), target.name.as_str()),
+            ("MicroService", "orders")
+        );
+
+        let pdb: PodDisruptionBudget = ctx.api().get("orders").await.expect("the PDB");
+        assert_controlled_by(&ms, pdb.metadata.owner_references.as_ref(), "the PDB");
+
+        let sms: Api<DynamicObject> = Api::namespaced_with(
+            ctx.client.clone(),
+            &ctx.namespace,
+            &service_monitor_resource(),
+        );
+        let sm = sms.get("orders").await.expect("the ServiceMonitor");
+        assert_controlled_by(
+            &ms,
+            sm.metadata.owner_references.as_ref(),
+            "the ServiceMonitor",
+        );
+        assert_eq!(
+            condition_status(&ms, "ServiceMonitorReady").as_deref(),
+            Some("True")
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn an_image_change_updates_the_pod_template() {
+    in_namespace("msvc-image", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        ctx.create_microservice("web", plain_spec())
+            .await
+            .expect("create msvc");
+        ctx.wait_for_condition("web", "Available", "True").await;
+
+        ctx.patch_microservice("web", json!({"image": "registry.k8s.io/pause:3.9"}))
+            .await;
+
+        let deployments: Api<Deployment> = ctx.api();
+        wait_until(
+            "the pod template to carry the new image",
+            DEFAULT_TIMEOUT,
+            || async {
+                let d = deployments.get("web").await.ok()?;
+                let image = d.spec?.template.spec?.containers.first()?.image.clone()?;
+                (image == "registry.k8s.io/pause:3.9").then_some(())
+            },
+        )
+        .await
+        .expect("image rolled");
+        ctx.wait_for_condition("web", "Available", "True").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn deleting_a_microservice_garbage_collects_every_child() {
+    in_namespace("msvc-gc", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE))
+            .await
+            .expect("create msvc");
+        ctx.wait_for_condition("orders", "Available", "True").await;
+
+        ctx.microservices()
+            .delete("orders", &DeleteParams::background())
+            .await
+            .expect("delete msvc");
+
+        let deployments: Api<Deployment> = ctx.api();
+        let services: Api<Service> = ctx.api();
+        let hpas: Api<HorizontalPodAutoscaler> = ctx.api();
+        let pdbs: Api<PodDisruptionBudget> = ctx.api();
+        let sms: Api<DynamicObject> = Api::namespaced_with(
+            ctx.client.clone(),
+            &ctx.namespace,
+            &service_monitor_resource(),
+        );
+        wait_until(
+            "every child to be garbage-collected",
+            DEFAULT_TIMEOUT,
+            || async {
+                let gone = matches!(deployments.get_opt("orders").await, Ok(None))
+                    && matches!(services.get_opt("orders").await, Ok(None))
+                    && matches!(hpas.get_opt("orders").await, Ok(None))
+                    && matches!(pdbs.get_opt("orders").await, Ok(None))
+                    && matches!(sms.get_opt("orders").await, Ok(None));
+                gone.then_some(())
+            },
+        )
+        .await
+        .expect("children collected");
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn each_invalid_spec_is_rejected_at_admission_with_its_rules_message() {
+    in_namespace("msvc-cel", |ctx: TestContext| async move {
+        let base = shop_spec(PAUSE_IMAGE);
+        let with = |patch: Value| {
+            let mut spec = base.clone();
+            json_merge(&mut spec, patch);
+            spec
+        };
+        let cases = [
+            (
+                with(json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}})),
+                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+            ),
+            (
+                with(json!({"ports": [
+                    {"name": "grpc", "port": 8080, "protocol": "grpc"},
+                    {"name": "grpc", "port": 9090, "protocol": "http"}]})),
+                "port names must be unique",
+            ),
+            (
+                with(json!({"ports": [
+                    {"name": "grpc", "port": 8080, "protocol": "grpc"},
+                    {"name": "metrics", "port": 8080, "protocol": "http"}]})),
+                "container port numbers must be unique",
+            ),
+            (
+                with(json!({"monitoring": {"enabled": true, "port": "metrics", "interval": "10s", "scrapeTimeout": "30s"}})),
+                "monitoring.scrapeTimeout must not exceed monitoring.interval",
+            ),
+            (
+                with(json!({"replicas": 3})),
+                "spec.replicas and spec.autoscaling are mutually exclusive",
+            ),
+            (with(json!({"image": "registry.k8s.io/pause"})), "image must carry a tag or a digest"),
+            (
+                with(json!({"monitoring": {"enabled": true, "port": "nope"}})),
+                "monitoring.port must name one of spec.ports",
+            ),
+        ];
+        for (i, (spec, message)) in cases.into_iter().enumerate() {
+            match ctx.create_microservice(&format!("bad-{i}"), spec).await {
+                Err(kube::Error::Api(status)) => {
+                    assert_eq!(status.code, 422, "case {i}: rejected as Invalid: {}", status.message);
+                    assert!(status.message.contains(message), "case {i}: expected {message:?} in {:?}", status.message);
+                }
+                other => panic!("case {i} ({message}): expected a 422 rejection, got {other:?}"),
+            }
+        }
+        // Nothing was half-written.
+        let list = ctx.microservices().list(&Default::default()).await.expect("list");
+        assert!(list.items.is_empty(), "no rejected object was stored");
+    })
+    .await;
+}
+
+fn json_merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                json_merge(t.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn an_autoscaler_replica_decision_survives_three_reconciles() {
+    in_namespace("msvc-hpa", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE))
+            .await
+            .expect("create msvc");
+        ctx.wait_for_condition("orders", "Available", "True").await;
+
+        // Write the decision the way the HorizontalPodAutoscaler does: through
+        // the MicroService's scale subresource.
+        let scale = ctx
+            .microservices()
+            .patch_scale(
+                "orders",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 4}})),
+            )
+            .await
+            .expect("scale subresource accepts the decision");
+        assert_eq!(scale.spec.and_then(|s| s.replicas), Some(4));
+
+        let deployments: Api<Deployment> = ctx.api();
+        let replicas_are_four = || async {
+            let d = deployments.get("orders").await.ok()?;
+            (d.spec?.replicas? == 4).then_some(())
+        };
+        wait_until(
+            "the Deployment to follow the autoscaler",
+            DEFAULT_TIMEOUT,
+            replicas_are_four,
+        )
+        .await
+        .expect("decision applied");
+
+        // Three spec changes, each a full reconcile that the status confirms.
+        for i in 0..3 {
+            ctx.patch_microservice(
+                "orders",
+                json!({"env": [{"name": "ROUND", "value": i.to_string()}]}),
+            )
+            .await;
+            ctx.wait_for_condition("orders", "Available", "True").await;
+            let d = deployments.get("orders").await.expect("deployment");
+            assert_eq!(
+                d.spec.and_then(|s| s.replicas),
+                Some(4),
+                "round {i}: the decision survived"
+            );
+        }
+        let ms = ctx.microservices().get("orders").await.expect("msvc");
+        assert_eq!(
+            ms.data["spec"]["replicas"], 4,
+            "the operator did not reset spec.replicas"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn a_dependency_gate_holds_until_the_dependency_is_available() {
+    in_namespace("msvc-deps", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        let mut api_spec = plain_spec();
+        api_spec["dependsOn"] = json!([{"name": "inventory"}]);
+        ctx.create_microservice("api", api_spec)
+            .await
+            .expect("create api");
+
+        ctx.wait_for_condition("api", "DependenciesReady", "False")
+            .await;
+        let deployments: Api<Deployment> = ctx.api();
+        assert!(
+            deployments.get_opt("api").await.expect("get").is_none(),
+            "no pods roll while a dependency is missing"
+        );
+
+        ctx.create_microservice("inventory", plain_spec())
+            .await
+            .expect("create inventory");
+        ctx.wait_for_condition("inventory", "Available", "True")
+            .await;
+        ctx.wait_for_condition("api", "DependenciesReady", "True")
+            .await;
+        ctx.wait_for_condition("api", "Available", "True").await;
+
+        // The dependency's address is injected into the dependent's pods.
+        let d = deployment(&ctx, "api").await;
+        let env = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].env.clone().unwrap_or_default());
+        let values: Vec<String> = env
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| e.value)
+            .collect();
+        assert!(
+            values
+                .iter()
+                .any(|v| v.contains(&format!("inventory.{}.svc", ctx.namespace))),
+            "the dependency's DNS name is injected: {values:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn a_config_map_change_rolls_the_pods_only_when_asked() {
+    in_namespace("msvc-config", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        let maps: Api<ConfigMap> = ctx.api();
+        for name in ["rolling", "reloading"] {
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": name}, "data": {"level": "info"}}),
+            )
+            .expect("cm");
+            maps.create(&PostParams::default(), &cm)
+                .await
+                .expect("create cm");
+        }
+        let mut rolling = plain_spec();
+        rolling["config"] = json!({"name": "rolling", "rollOnChange": true});
+        let mut reloading = plain_spec();
+        reloading["config"] = json!({"name": "reloading", "rollOnChange": false});
+        ctx.create_microservice("rolling", rolling)
+            .await
+            .expect("create");
+        ctx.create_microservice("reloading", reloading)
+            .await
+            .expect("create");
+        ctx.wait_for_condition("rolling", "Available", "True").await;
+        ctx.wait_for_condition("reloading", "Available", "True")
+            .await;
+
+        let deployments: Api<Deployment> = ctx.api();
+        let template_of = |name: &'static str| {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get(name).await.expect("deployment");
+                serde_json::to_value(d.spec.expect("spec").template).expect("json")
+            }
+        };
+        let rolling_before = template_of("rolling").await;
+        let reloading_before = template_of("reloading").await;
+
+        for name in ["rolling", "reloading"] {
+            maps.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"level": "debug"}})),
+            )
+            .await
+            .expect("patch cm");
+        }
+        wait_until(
+            "the rolling pod template to change",
+            DEFAULT_TIMEOUT,
+            || async { (template_of("rolling").await != rolling_before).then_some(()) },
+        )
+        .await
+        .expect("rollOnChange rolled the pods");
+
+        // The hot-reloading service keeps its pods. Prove the operator has
+        // seen the ConfigMap change by forcing one more reconcile of it.
+        ctx.patch_microservice("reloading", json!({"env": [{"name": "X", "value": "1"}]}))
+            .await;
+        ctx.wait_for_condition("reloading", "Available", "True")
+            .await;
+        let mut expected = reloading_before.clone();
+        expected["spec"]["containers"][0]["env"] =
+            template_of("reloading").await["spec"]["containers"][0]["env"].clone();
+        assert_eq!(
+            template_of("reloading").await,
+            expected,
+            "only the env change reached the template; the ConfigMap edit did not roll it"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn two_operators_elect_one_leader_and_the_standby_takes_over_after_a_crash() {
+    in_namespace("msvc-leader", |ctx: TestContext| async move {
+        const LEASE_SECONDS: u64 = 6;
+        let args = |id: &'static str| {
+            vec![
+                "--leader-election",
+                "true",
+                "--lease-duration",
+                "6",
+                "--lease-grace",
+                "2",
+                "--identity",
+                id,
+            ]
+        };
+        let ns = ctx.namespace.clone();
+        let mut a_args = args("op-a");
+        a_args.extend(["--lease-namespace", ns.as_str()]);
+        let mut b_args = args("op-b");
+        b_args.extend(["--lease-namespace", ns.as_str()]);
+        let mut a = OperatorProcess::start(&ns, "op-a", &a_args);
+        let mut b = OperatorProcess::start(&ns, "op-b", &b_args);
+
+        let leases: Api<Lease> = ctx.api();
+        let holder = || async {
+            let lease = leases.get("ferry-operator").await.ok()?;
+            lease.spec?.holder_identity
+        };
+        let first = wait_until("a leader", DEFAULT_TIMEOUT, holder)
+            .await
+            .expect("one leader");
+        ctx.create_microservice("one", plain_spec())
+            .await
+            .expect("create");
+        ctx.wait_for_condition("one", "Available", "True").await;
+
+        let (leader, standby_id) = if first == "op-a" {
+            (&mut a, "op-b")
+        } else {
+            (&mut b, "op-a")
+        };
+        leader.kill().await;
+        let killed = Instant::now();
+        let second = wait_until("the standby to take the lease", DEFAULT_TIMEOUT, || async {
+            holder().await.filter(|h| h == standby_id)
+        })
+        .await
+        .expect("standby took over");
+        let took = killed.elapsed();
+        assert_eq!(second, standby_id);
+        assert!(
+            took <= Duration::from_secs(LEASE_SECONDS + 3),
+            "takeover within the lease duration (+ poll slack): took {took:?}"
+        );
+
+        // The new leader writes: a new MicroService is reconciled.
+        ctx.create_microservice("two", plain_spec())
+            .await
+            .expect("create");
+        ctx.wait_for_condition("two", "Available", "True").await;
+    })
+    .await;
+}
