@@ -1,0 +1,511 @@
+//! The `MicroService` spec: what a team writes.
+//!
+//! Doc comments on these types become the `description` fields of the CRD, so they are written for
+//! `kubectl explain microservice.spec.<field>`.
+//!
+//! Validation lives in three places, from cheapest to most expensive:
+//! 1. the OpenAPI schema (types, enums, ranges, `maxItems`, `maxLength`, patterns);
+//! 2. CEL `x-kubernetes-validations` rules (cross-field rules), declared here with `#[x_kube]`;
+//! 3. [`crate::validation`] at reconcile time, for the few pass-through fields the schema does not
+//!    check (they are parked behind the `InvalidSpec` condition instead of failing admission).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        autoscaling::v2::HorizontalPodAutoscalerBehavior,
+        core::v1::{EnvVar, ResourceRequirements},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::status::MicroServiceStatus;
+
+/// Maximum number of named ports on one MicroService.
+pub const MAX_PORTS: usize = 16;
+/// Maximum number of `dependsOn` entries.
+pub const MAX_DEPENDENCIES: usize = 32;
+
+/// A MicroService is one deployable service: an image, its ports, how to check its health, how to scale
+/// and monitor it, and which other MicroServices it needs. The Ferry operator turns it into a
+/// Deployment, a Service, and optionally a HorizontalPodAutoscaler, a PodDisruptionBudget and a
+/// ServiceMonitor, all owned by the MicroService.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "MicroService",
+    plural = "microservices",
+    shortname = "msvc",
+    category = "ferry",
+    namespaced,
+    status = "MicroServiceStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    cel,
+    doc = "A MicroService is one deployable service. The Ferry operator turns it into a Deployment with restricted pod security and generated probes, a Service, and optionally a HorizontalPodAutoscaler, a PodDisruptionBudget and a ServiceMonitor.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready replicas out of desired replicas"
+    ),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", description = "Container image"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter, at most 63 characters) because it names the generated Service"),
+    // NB: on create the apiserver drops `status` (status subresource), so `has(self.status)` is false
+    // exactly on create; later updates are covered by the transition rule on the spec, which lets the
+    // autoscaler write spec.replicas once autoscaling was already on.
+    validation = Rule::new("has(self.status) || !has(self.spec.replicas) || !has(self.spec.autoscaling)").message("spec.replicas and spec.autoscaling are mutually exclusive: with autoscaling the HorizontalPodAutoscaler owns spec.replicas through the scale subresource; remove spec.replicas").field_path(".spec.replicas"),
+    validation = Rule::new("!has(self.spec.dependsOn) || self.spec.dependsOn.all(d, d.name != self.metadata.name)").message("a MicroService cannot depend on itself"),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.ports.all(p, self.ports.exists_one(q, q.name == p.name))").message("port names must be unique").field_path(".ports"),
+    validation = Rule::new("self.ports.all(p, self.ports.exists_one(q, q.port == p.port))").message("container port numbers must be unique").field_path(".ports"),
+    validation = Rule::new("self.ports.all(p, self.ports.exists_one(q, (has(q.servicePort) ? q.servicePort : q.port) == (has(p.servicePort) ? p.servicePort : p.port)))").message("service port numbers must be unique").field_path(".ports"),
+    validation = Rule::new("!has(self.replicas) || !has(self.autoscaling) || has(oldSelf.autoscaling)").message("spec.replicas and spec.autoscaling are mutually exclusive: with autoscaling the HorizontalPodAutoscaler owns spec.replicas through the scale subresource; remove spec.replicas").field_path(".replicas"),
+    validation = Rule::new("!has(self.health) || !has(self.health.port) || self.ports.exists(p, p.name == self.health.port)").message("health.port must name one of spec.ports").field_path(".health.port"),
+    validation = Rule::new("!has(self.monitoring) || !has(self.monitoring.port) || self.ports.exists(p, p.name == self.monitoring.port)").message("monitoring.port must name one of spec.ports").field_path(".monitoring.port"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)").message("autoscaling on CPU needs resources.requests.cpu: the autoscaler computes utilization against the request").field_path(".resources"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetMemoryUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'memory' in self.resources.requests)").message("autoscaling on memory needs resources.requests.memory: the autoscaler computes utilization against the request").field_path(".resources"),
+)]
+pub struct MicroServiceSpec {
+    /// Container image, with a tag or a digest (for example `ghcr.io/acme/order:1.4.2`).
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.contains(':') || self.contains('@')").message("image must carry a tag or a digest"))]
+    pub image: String,
+
+    /// When to pull the image: Always, IfNotPresent or Never. Defaults to the Kubernetes default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Entrypoint override (the image's ENTRYPOINT when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    pub command: Option<Vec<String>>,
+
+    /// Arguments to the entrypoint (the image's CMD when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128), inner(length(max = 4096)))]
+    pub args: Option<Vec<String>>,
+
+    /// Environment variables for the container, in the Kubernetes `EnvVar` form (`value` or `valueFrom`).
+    /// Variables injected for `dependsOn` (`<NAME>_ADDR`) never override an entry given here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Sources of environment variables (`configMapRef` / `secretRef`), in the Kubernetes `EnvFromSource`
+    /// form. Passed through to the pod unvalidated by the CRD schema; checked when reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::preserve_unknown_list")]
+    pub env_from: Option<Vec<Value>>,
+
+    /// Compute resources (requests and limits) of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Named ports the container listens on. Each becomes a container port and a Service port.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub ports: Vec<PortSpec>,
+
+    /// Desired number of pods when autoscaling is off. With `autoscaling`, leave this unset: the
+    /// HorizontalPodAutoscaler writes it through the scale subresource. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub replicas: Option<i32>,
+
+    /// Health checking. Startup, readiness and liveness probes are generated from it; with no
+    /// `health` at all, probes are generated for the first grpc port (native gRPC probes against
+    /// `grpc.health.v1`), else the first http port (`GET /healthz`), else a TCP check on the first port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+
+    /// Horizontal autoscaling. The generated HorizontalPodAutoscaler targets this MicroService's scale
+    /// subresource, so its decision is kept across reconciles and rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+
+    /// Prometheus scraping through a generated ServiceMonitor (needs the Prometheus Operator CRDs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+
+    /// A PodDisruptionBudget for the pods. Set exactly one of `minAvailable` or `maxUnavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudgetSpec>,
+
+    /// A ConfigMap mounted read-only into the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigSpec>,
+
+    /// Other MicroServices (same namespace) this one needs. Until every one is Available, the
+    /// `DependenciesReady` condition is False and no new pods are rolled. Their addresses are injected
+    /// as `<NAME>_ADDR=<name>.<namespace>.svc:<port>` environment variables (NAME upper-cased, `-` as `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new("self.all(d, self.exists_one(e, e.name == d.name))").message("dependsOn names must be unique")
+    )]
+    pub depends_on: Option<Vec<Dependency>>,
+
+    /// The ServiceAccount the pods run as (the namespace's `default` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service_account_name: Option<String>,
+
+    /// Mount the ServiceAccount token into the pods. Off unless asked for: most services never call the
+    /// Kubernetes API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+
+    /// Pod-level metadata, scheduling and identity settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSpecOverrides>,
+
+    /// How a new version replaces the old one. Only `RollingUpdate` exists today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<StrategySpec>,
+}
+
+/// Image pull policy of the container.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull when the image is not on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Application protocol spoken on a port. It selects the generated probe type and the Service
+/// port's `appProtocol`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// gRPC over cleartext HTTP/2 (`appProtocol: kubernetes.io/h2c`).
+    Grpc,
+    /// HTTP/1.1 (`appProtocol: http`).
+    Http,
+    /// Plain TCP.
+    #[default]
+    Tcp,
+}
+
+/// One named container port.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSpec {
+    /// Port name (an IANA service name: at most 15 lower-case letters, digits and '-'). Probes,
+    /// `monitoring.port` and dependents refer to ports by this name.
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Container port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Protocol spoken on the port: grpc, http or tcp. Defaults to tcp.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// Port number on the Service (defaults to `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub service_port: Option<i32>,
+}
+
+impl PortSpec {
+    /// The port number clients use on the Service.
+    pub fn service_port(&self) -> i32 {
+        self.service_port.unwrap_or(self.port)
+    }
+}
+
+/// Health checking of the container, from which the three probes are generated.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSpec {
+    /// Generate probes at all. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Name of the port to probe (defaults to the first grpc port, else the first http port, else the
+    /// first port). Its protocol picks the probe: grpc → native gRPC probe, http → HTTP GET, tcp → TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
+    pub port: Option<String>,
+    /// For grpc ports: the service name sent in the `grpc.health.v1.Health/Check` request (empty = the
+    /// whole server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub grpc_service: Option<String>,
+    /// For http ports: the path to GET (defaults to `/healthz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("health.path must start with '/'"))]
+    pub path: Option<String>,
+    /// Overrides for the startup probe (defaults: period 2s, failure threshold 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<ProbeOverrides>,
+    /// Overrides for the readiness probe (defaults: period 5s, failure threshold 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeOverrides>,
+    /// Overrides for the liveness probe (defaults: period 10s, failure threshold 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeOverrides>,
+}
+
+/// Timing overrides for one generated probe. Unset fields keep Ferry's defaults.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeOverrides {
+    /// Turn this probe off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// Seconds after the container starts before the first probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: Option<i32>,
+    /// Seconds before one probe attempt times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    /// Consecutive failures before the probe is considered failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: Option<i32>,
+}
+
+/// Horizontal autoscaling settings (autoscaling/v2).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
+)]
+pub struct AutoscalingSpec {
+    /// Lower bound on the number of pods (default 1).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_replicas: i32,
+    /// Upper bound on the number of pods.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilization, in percent of the CPU request. When neither target is set,
+    /// 80% CPU is used.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+    /// Target average memory utilization, in percent of the memory request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_memory_utilization_percentage: Option<i32>,
+    /// Scale-up and scale-down behaviour (stabilization windows and policies), as in autoscaling/v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+/// Prometheus scraping through a ServiceMonitor.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.scrapeTimeout) || duration(self.scrapeTimeout) <= duration(has(self.interval) ? self.interval : '30s')").message("monitoring.scrapeTimeout must not exceed monitoring.interval"),
+)]
+pub struct MonitoringSpec {
+    /// Generate a ServiceMonitor. Defaults to true when `monitoring` is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Name of the port serving metrics (defaults to a port named `metrics`, else the first http port,
+    /// else the first port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
+    pub port: Option<String>,
+    /// HTTP path of the metrics endpoint (default `/metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("monitoring.path must start with '/'"))]
+    pub path: Option<String>,
+    /// Scrape interval, for example `30s` or `1m` (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub interval: Option<String>,
+    /// Scrape timeout, at most the interval (default `10s`, capped at the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub scrape_timeout: Option<String>,
+    /// Extra labels on the ServiceMonitor, so that a Prometheus `serviceMonitorSelector` picks it up
+    /// (kube-prometheus-stack needs `release: <its release name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A PodDisruptionBudget (policy/v1). Exactly one of the two fields is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.minAvailable) != has(self.maxUnavailable)").message("disruptionBudget needs exactly one of minAvailable or maxUnavailable"),
+)]
+pub struct DisruptionBudgetSpec {
+    /// Pods that must stay available during a voluntary disruption (a number or a percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods that may be unavailable during a voluntary disruption (a number or a percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// A ConfigMap mounted into the container.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSpec {
+    /// Name of the ConfigMap (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Directory the ConfigMap's keys appear in (default `/etc/ferry/config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), regex(pattern = r"^/"))]
+    pub mount_path: Option<String>,
+    /// On a change of the ConfigMap's data, roll the pods (true, the default) or leave the running pods
+    /// to pick up the new files themselves (false: hot reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll_on_change: Option<bool>,
+}
+
+/// A MicroService this one depends on.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    /// Name of the MicroService (same namespace).
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Which of its ports to put in the injected address (defaults to its first port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
+    pub port: Option<String>,
+    /// Name of the injected environment variable (defaults to `<NAME>_ADDR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub env: Option<String>,
+}
+
+/// Pod-level settings. `tolerations`, `affinity` and `topologySpreadConstraints` pass through to the
+/// pod unvalidated by the CRD schema (see the operator README); they are checked when reconciled.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOverrides {
+    /// Extra labels on the pods. Keys under `ferry.dev/` are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('ferry.dev/'))").message("pod.labels must not use the reserved ferry.dev/ prefix"))]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations on the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Node labels the pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations (Kubernetes `Toleration` objects; passed through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::preserve_unknown_list")]
+    pub tolerations: Option<Vec<Value>>,
+    /// Affinity (a Kubernetes `Affinity` object; passed through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::preserve_unknown_object")]
+    pub affinity: Option<Value>,
+    /// Topology spread constraints (Kubernetes `TopologySpreadConstraint` objects; passed through).
+    /// A constraint without a `labelSelector` gets one selecting this MicroService's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::preserve_unknown_list")]
+    pub topology_spread_constraints: Option<Vec<Value>>,
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Seconds a pod gets to shut down after SIGTERM (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// Numeric user id the container runs as (needed when the image's USER is not numeric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub run_as_user: Option<i64>,
+    /// Numeric group id the container runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_group: Option<i64>,
+    /// Group that owns mounted volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub fs_group: Option<i64>,
+}
+
+/// The rollout strategy.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StrategySpec {
+    /// Strategy type. `RollingUpdate` replaces pods in place through the Deployment.
+    #[serde(default, rename = "type")]
+    pub type_: StrategyType,
+    /// Settings of the rolling update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdateSpec>,
+}
+
+/// Strategy types.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StrategyType {
+    /// A rolling update of one Deployment.
+    #[default]
+    RollingUpdate,
+}
+
+/// Rolling update limits, as on a Deployment.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdateSpec {
+    /// Pods above the desired count during the update (number or percentage; default 25%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    /// Pods that may be unavailable during the update (number or percentage; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
