@@ -30,7 +30,7 @@ test: lint generated-check unit test-e2e ## The one test command: fmt, clippy, g
 lint: ## cargo fmt --check and clippy -D warnings, plus shellcheck when installed
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	@if command -v shellcheck >/dev/null; then shellcheck -x $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh .ci/run; fi
+	@if command -v shellcheck >/dev/null; then shellcheck -x $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh services/scripts/*.sh .ci/run; fi
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types and copy them into the chart
@@ -51,8 +51,10 @@ generated-check: ## Fail when crds/ is stale or the chart's CRDs differ; helm li
 	@echo "generated files are current; chart lints clean"
 
 .PHONY: unit
-unit: ## Unit and in-process tests (no cluster needed)
-	$(CARGO) test --workspace --locked
+unit: ## Unit and in-process tests (no cluster; a throwaway PostgreSQL on 127.0.0.1 for the store tests)
+	@url="$$(services/scripts/postgres.sh up)"; \
+	  trap 'services/scripts/postgres.sh down >/dev/null 2>&1' EXIT; \
+	  FERRY_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace --locked
 
 .PHONY: test-e2e
 test-e2e: ## E2e tests against the local cluster (started if needed, left as found)

@@ -191,6 +191,17 @@ for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with
   cat "$KWOK_MOD/kustomize/stage/$f.yaml"
   echo '---'
 done >"$CLUSTER_DIR/kwok-stages.yaml"
+# Tests need pods that never become Ready (a broken green revision): kwok's
+# pod-ready stage skips pods annotated e2e.ferry.dev/never-ready.
+python3 - "$CLUSTER_DIR/kwok-stages.yaml" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+anchor = "  name: pod-ready\nspec:\n  resourceRef:\n    apiGroup: v1\n    kind: Pod\n  selector:\n    matchExpressions:\n"
+assert anchor in text, "kwok's pod-ready stage changed shape"
+text = text.replace(anchor, anchor + "    - key: '.metadata.annotations[\"e2e.ferry.dev/never-ready\"]'\n      operator: 'DoesNotExist'\n", 1)
+open(path, "w").write(text)
+PY
 # The pod and node IPs kwok writes are fake; nothing listens on or connects to them.
 start kwok kwok --kubeconfig "$CLUSTER_DIR/kwok.kubeconfig" --config "$CLUSTER_DIR/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
@@ -214,8 +225,8 @@ metadata:
     type: kwok
     topology.kubernetes.io/zone: zone-$i
 status:
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110"}
-  capacity: {cpu: "32", memory: 256Gi, pods: "110"}
+  allocatable: {cpu: "64", memory: 512Gi, pods: "1000"}
+  capacity: {cpu: "64", memory: 512Gi, pods: "1000"}
 ---
 YAML
 done | kc apply -f - >/dev/null

@@ -1,0 +1,402 @@
+//! JWT bearer authentication with per-method scopes, as a tower layer in front of the gRPC routes.
+//!
+//! The decision ([`Authenticator::authorize`]) is a plain function of the path, the
+//! `authorization` header and the clock. [`AuthLayer`] only does the I/O: it reads the
+//! current [`Authenticator`] (swappable at runtime, so keys reload without a restart), and
+//! answers `UNAUTHENTICATED` / `PERMISSION_DENIED` itself without calling the service.
+//! Health and reflection stay open.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    path::Path,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+};
+
+use futures::future::BoxFuture;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use tower::{Layer, Service};
+
+/// Path prefixes that never need a token.
+const OPEN_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// The header is not `Bearer <jwt>`, or the JWT cannot be parsed.
+    #[error("malformed bearer token")]
+    MalformedToken,
+    /// The token's `exp` is in the past.
+    #[error("token expired")]
+    Expired,
+    /// Signature, algorithm, issuer or audience do not match.
+    #[error("token rejected: {0}")]
+    Invalid(String),
+    /// A valid token without the scope this method needs.
+    #[error("token lacks scope `{0}`")]
+    MissingScope(String),
+    /// The method is not in the scope table; refuse rather than guess.
+    #[error("no scope is defined for method {0}")]
+    UnknownMethod(String),
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::MissingScope(_) | AuthError::UnknownMethod(_) => {
+                tonic::Status::permission_denied(err.to_string())
+            }
+            _ => tonic::Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+/// Errors loading key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read.
+    #[error("reading key file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key is not valid for the algorithm.
+    #[error("parsing {alg:?} key: {source}")]
+    Parse {
+        /// The algorithm.
+        alg: Algorithm,
+        /// Why.
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// Only HS256, RS256 and ES256 are supported.
+    #[error("unsupported JWT algorithm {0:?}; use HS256, RS256 or ES256")]
+    UnsupportedAlgorithm(String),
+    /// An HS256 secret must not be empty.
+    #[error("the HS256 secret is empty")]
+    EmptySecret,
+}
+
+/// The claims Ferry reads from a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The caller.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Space-separated scopes (OAuth 2 style), e.g. `inventory:read inventory:write`.
+    #[serde(default)]
+    pub scope: String,
+}
+
+impl Claims {
+    /// `true` if `scope` is among the token's scopes.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split_ascii_whitespace().any(|s| s == scope)
+    }
+}
+
+/// Parses `HS256` / `RS256` / `ES256`.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
+    match name.to_ascii_uppercase().as_str() {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        _ => Err(KeyError::UnsupportedAlgorithm(name.to_string())),
+    }
+}
+
+/// Which scope each full gRPC method path needs.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeTable {
+    entries: Vec<(String, String)>,
+}
+
+impl ScopeTable {
+    /// Builds a table from `(method path, scope)` pairs, e.g.
+    /// `("/ferry.inventory.v1.InventoryService/GetStock", "inventory:read")`.
+    pub fn new<I, A, B>(entries: I) -> Self
+    where
+        I: IntoIterator<Item = (A, B)>,
+        A: Into<String>,
+        B: Into<String>,
+    {
+        Self { entries: entries.into_iter().map(|(a, b)| (a.into(), b.into())).collect() }
+    }
+
+    fn required(&self, path: &str) -> Option<&str> {
+        self.entries.iter().find(|(p, _)| p == path).map(|(_, s)| s.as_str())
+    }
+}
+
+/// Verifies bearer tokens against one key.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+    scopes: ScopeTable,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// From key bytes: the HS256 secret, or a PEM public key for RS256/ES256.
+    pub fn from_key_bytes(alg: Algorithm, key: &[u8], scopes: ScopeTable) -> Result<Self, KeyError> {
+        let key = match alg {
+            Algorithm::HS256 => {
+                let secret = trim_ascii(key);
+                if secret.is_empty() {
+                    return Err(KeyError::EmptySecret);
+                }
+                DecodingKey::from_secret(secret)
+            }
+            Algorithm::RS256 => {
+                DecodingKey::from_rsa_pem(key).map_err(|source| KeyError::Parse { alg, source })?
+            }
+            Algorithm::ES256 => {
+                DecodingKey::from_ec_pem(key).map_err(|source| KeyError::Parse { alg, source })?
+            }
+            other => return Err(KeyError::UnsupportedAlgorithm(format!("{other:?}"))),
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = 30;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
+        Ok(Self { key, validation, scopes })
+    }
+
+    /// From a key file (HS256: the file holds the secret; RS256/ES256: a PEM public key).
+    pub fn from_key_file(alg: Algorithm, path: &Path, scopes: ScopeTable) -> Result<Self, KeyError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+        Self::from_key_bytes(alg, &bytes, scopes)
+    }
+
+    /// Decides whether a call to `path` with this `authorization` header may proceed.
+    pub fn authorize(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Claims>, AuthError> {
+        if is_open_path(path) {
+            return Ok(None);
+        }
+        let header = authorization.ok_or(AuthError::MissingToken)?;
+        let header = std::str::from_utf8(header).map_err(|_| AuthError::MalformedToken)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::MalformedToken)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                    AuthError::MalformedToken
+                }
+                _ => AuthError::Invalid(e.to_string()),
+            })?
+            .claims;
+        let required =
+            self.scopes.required(path).ok_or_else(|| AuthError::UnknownMethod(path.to_string()))?;
+        if !claims.has_scope(required) {
+            return Err(AuthError::MissingScope(required.to_string()));
+        }
+        Ok(Some(claims))
+    }
+}
+
+fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// `true` for health and reflection, which stay open.
+pub fn is_open_path(path: &str) -> bool {
+    OPEN_PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
+/// The authenticator in force; `None` means auth is disabled. Swapped on config reload.
+#[derive(Debug, Clone, Default)]
+pub struct AuthState {
+    inner: Arc<RwLock<Option<Arc<Authenticator>>>>,
+}
+
+impl AuthState {
+    /// A state holding `auth` (`None` = disabled).
+    pub fn new(auth: Option<Authenticator>) -> Self {
+        Self { inner: Arc::new(RwLock::new(auth.map(Arc::new))) }
+    }
+
+    /// Replaces the authenticator.
+    pub fn replace(&self, auth: Option<Authenticator>) {
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        *guard = auth.map(Arc::new);
+    }
+
+    /// The current authenticator.
+    pub fn current(&self) -> Option<Arc<Authenticator>> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Tower layer enforcing [`AuthState`].
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    state: AuthState,
+}
+
+impl AuthLayer {
+    /// Enforces whatever `state` holds at call time.
+    pub fn new(state: AuthState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, state: self.state.clone() }
+    }
+}
+
+/// See [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    state: AuthState,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if let Some(auth) = self.state.current() {
+            let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+            match auth.authorize(req.uri().path(), header) {
+                Ok(Some(claims)) => {
+                    req.extensions_mut().insert(claims);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::debug!(path = req.uri().path(), error = %err, "request refused");
+                    let status: tonic::Status = err.into();
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    use super::*;
+
+    const PATH: &str = "/ferry.inventory.v1.InventoryService/DeductStock";
+
+    fn auth() -> Authenticator {
+        Authenticator::from_key_bytes(
+            Algorithm::HS256,
+            b"sekrit",
+            ScopeTable::new([(PATH, "inventory:write")]),
+        )
+        .unwrap()
+    }
+
+    fn token(secret: &[u8], scope: &str, exp_offset: i64) -> String {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let claims = Claims { sub: "t".into(), exp: (now + exp_offset) as u64, scope: scope.into() };
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn bearer(t: &str) -> Vec<u8> {
+        format!("Bearer {t}").into_bytes()
+    }
+
+    #[test]
+    fn valid_token_with_scope_is_allowed() {
+        let t = token(b"sekrit", "inventory:read inventory:write", 60);
+        assert!(auth().authorize(PATH, Some(&bearer(&t))).unwrap().is_some());
+    }
+
+    #[test]
+    fn missing_token_is_unauthenticated() {
+        let err = auth().authorize(PATH, None).unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn malformed_token_is_unauthenticated() {
+        for header in [&b"Basic abc"[..], b"Bearer ", b"Bearer not.a.jwt", b"\xff\xfe"] {
+            let err = auth().authorize(PATH, Some(header)).unwrap_err();
+            assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unauthenticated, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn expired_token_is_unauthenticated() {
+        let t = token(b"sekrit", "inventory:write", -3600);
+        assert_eq!(auth().authorize(PATH, Some(&bearer(&t))).unwrap_err(), AuthError::Expired);
+    }
+
+    #[test]
+    fn badly_signed_token_is_unauthenticated() {
+        let t = token(b"other", "inventory:write", 60);
+        let err = auth().authorize(PATH, Some(&bearer(&t))).unwrap_err();
+        assert!(matches!(err, AuthError::Invalid(_)), "{err:?}");
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn token_without_scope_is_permission_denied() {
+        let t = token(b"sekrit", "inventory:read", 60);
+        let err = auth().authorize(PATH, Some(&bearer(&t))).unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn health_and_reflection_stay_open() {
+        assert_eq!(auth().authorize("/grpc.health.v1.Health/Check", None), Ok(None));
+        assert_eq!(
+            auth().authorize("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn unknown_method_is_denied_even_with_a_valid_token() {
+        let t = token(b"sekrit", "inventory:write", 60);
+        let err = auth().authorize("/x.Y/Z", Some(&bearer(&t))).unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn empty_secret_is_refused() {
+        let err = Authenticator::from_key_bytes(Algorithm::HS256, b" \n", ScopeTable::default()).unwrap_err();
+        assert!(matches!(err, KeyError::EmptySecret));
+    }
+}

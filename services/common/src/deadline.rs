@@ -1,0 +1,129 @@
+//! Server-side deadlines: each call is bounded by the shorter of the client's `grpc-timeout`
+//! and the server's own limit, and answers `DEADLINE_EXCEEDED` when it runs out (tonic's
+//! built-in timeout answers `CANCELLED`, which clients would not read as a deadline).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service};
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`, at most 8 digits, unit one of
+/// `H M S m u n`). `None` if malformed.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n.checked_mul(3600)?),
+        b"M" => Duration::from_secs(n.checked_mul(60)?),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The effective bound: the client's timeout if shorter than the server's.
+pub fn effective_deadline(client: Option<Duration>, server: Duration) -> Duration {
+    client.map_or(server, |c| c.min(server))
+}
+
+/// Tower layer enforcing [`effective_deadline`]. The server limit can change at runtime.
+#[derive(Debug, Clone)]
+pub struct DeadlineLayer {
+    server_limit_ms: Arc<AtomicU64>,
+}
+
+impl DeadlineLayer {
+    /// Bounds calls by `server_limit_ms` (shared, reloadable).
+    pub fn new(server_limit_ms: Arc<AtomicU64>) -> Self {
+        Self { server_limit_ms }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService { inner, server_limit_ms: self.server_limit_ms.clone() }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+    server_limit_ms: Arc<AtomicU64>,
+}
+
+impl<S, B> Service<http::Request<B>> for DeadlineService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if crate::auth::is_open_path(req.uri().path()) {
+            // Health Watch and reflection are streams; a unary deadline does not apply.
+            return Box::pin(self.inner.call(req));
+        }
+        let client = req.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        let limit =
+            effective_deadline(client, Duration::from_millis(self.server_limit_ms.load(Ordering::Relaxed)));
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(res) => res,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "deadline of {} ms exceeded",
+                    limit.as_millis()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_values_parse() {
+        assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for v in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"\xffS"] {
+            assert_eq!(parse_grpc_timeout(v), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn shorter_of_client_and_server_wins() {
+        let s = Duration::from_secs(10);
+        assert_eq!(effective_deadline(Some(Duration::from_secs(1)), s), Duration::from_secs(1));
+        assert_eq!(effective_deadline(Some(Duration::from_secs(60)), s), s);
+        assert_eq!(effective_deadline(None, s), s);
+    }
+}

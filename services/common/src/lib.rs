@@ -1,0 +1,23 @@
+//! Server plumbing shared by the Ferry gRPC services.
+//!
+//! - [`auth`]: JWT bearer authentication with per-method scopes (tower layer).
+//! - [`metrics`]: go-grpc-prometheus server metrics (tower layer) and the registry encoder.
+//! - [`shed`]: concurrency limit with load shedding (`RESOURCE_EXHAUSTED`).
+//! - [`telemetry`]: JSON logs with a reloadable filter, W3C `traceparent` propagation.
+//! - [`config`]: flags over env over a watched config file.
+//! - [`shutdown`]: SIGTERM drain sequence.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`deadline`]: per-call deadlines from `grpc-timeout` (DEADLINE_EXCEEDED).
+//! - [`server`]: the layer stack and tonic transport settings.
+//! - [`health`]: drives `grpc.health.v1` and readiness from the database probe.
+
+pub mod auth;
+pub mod config;
+pub mod deadline;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod shed;
+pub mod shutdown;
+pub mod telemetry;

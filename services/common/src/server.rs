@@ -1,0 +1,117 @@
+//! The middleware stack and tonic server settings both services use.
+
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use tonic::transport::{Server, server::TcpIncoming};
+use tower::layer::util::{Identity, Stack};
+
+use crate::{
+    auth::{AuthLayer, AuthState},
+    deadline::DeadlineLayer,
+    metrics::{MetricsLayer, ServerMetrics},
+    shed::{ConcurrencyLimit, LoadShedLayer},
+    telemetry::TraceLayer,
+};
+
+/// Outermost first: trace context, metrics, load shedding, auth, deadline.
+pub type FerryStack = Stack<
+    DeadlineLayer,
+    Stack<AuthLayer, Stack<LoadShedLayer, Stack<MetricsLayer, Stack<TraceLayer, Identity>>>>,
+>;
+
+/// The runtime-adjustable parts of the stack (swapped on config reload).
+#[derive(Debug, Clone)]
+pub struct Plumbing {
+    /// gRPC and process metrics.
+    pub metrics: Arc<ServerMetrics>,
+    /// JWT verification (None = disabled).
+    pub auth: AuthState,
+    /// Concurrency limit.
+    pub limit: Arc<ConcurrencyLimit>,
+    /// Server-side per-call bound, ms.
+    pub request_timeout_ms: Arc<AtomicU64>,
+}
+
+impl Plumbing {
+    /// The layer stack.
+    pub fn layers(&self) -> FerryStack {
+        tower::ServiceBuilder::new()
+            .layer(TraceLayer)
+            .layer(MetricsLayer::new(self.metrics.clone()))
+            .layer(LoadShedLayer::new(self.limit.clone(), self.metrics.clone()))
+            .layer(AuthLayer::new(self.auth.clone()))
+            .layer(DeadlineLayer::new(self.request_timeout_ms.clone()))
+            .into_inner()
+    }
+}
+
+/// A tonic server with Ferry's transport settings: TCP_NODELAY, HTTP/2 keepalive, and a
+/// maximum connection age after which clients get GOAWAY and reconnect.
+pub fn builder(max_connection_age: Duration) -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_connection_age(max_connection_age)
+        .max_connection_age_grace(Duration::from_secs(30))
+}
+
+/// Wraps a bound listener as tonic's incoming stream with TCP_NODELAY.
+pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Builds the authenticator `settings` ask for (`None` when auth is disabled).
+pub fn authenticator(
+    settings: Option<&crate::config::AuthSettings>,
+    scopes: &crate::auth::ScopeTable,
+) -> Result<Option<crate::auth::Authenticator>, crate::auth::KeyError> {
+    settings
+        .map(|a| {
+            let alg = crate::auth::parse_algorithm(&a.algorithm)?;
+            crate::auth::Authenticator::from_key_file(alg, &a.key_file, scopes.clone())
+        })
+        .transpose()
+}
+
+impl Plumbing {
+    /// Creates the plumbing from resolved settings, registering metrics in `registry`.
+    pub fn new(
+        registry: &mut prometheus_client::registry::Registry,
+        auth: Option<crate::auth::Authenticator>,
+        max_concurrent_requests: usize,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            metrics: Arc::new(ServerMetrics::register(registry)),
+            auth: AuthState::new(auth),
+            limit: ConcurrencyLimit::new(max_concurrent_requests),
+            request_timeout_ms: Arc::new(AtomicU64::new(
+                u64::try_from(request_timeout.as_millis()).unwrap_or(u64::MAX),
+            )),
+        }
+    }
+
+    /// Applies the reloadable parts of new settings: log level, limits, auth keys. Everything
+    /// is validated first, so a bad file changes nothing.
+    pub fn apply(
+        &self,
+        settings: &crate::config::ServerSettings,
+        log: &crate::telemetry::LogHandle,
+        scopes: &crate::auth::ScopeTable,
+    ) -> Result<(), String> {
+        let auth = authenticator(settings.auth.as_ref(), scopes).map_err(|e| e.to_string())?;
+        crate::telemetry::parse_filter(&settings.log_level)?;
+        log.set_level(&settings.log_level)?;
+        self.auth.replace(auth);
+        self.limit.set_max(settings.max_concurrent_requests);
+        self.request_timeout_ms.store(
+            u64::try_from(settings.request_timeout.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+}

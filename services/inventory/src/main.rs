@@ -1,0 +1,86 @@
+//! `inventory-service`: see `--help`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use clap::Parser;
+use ferry_service_common::{
+    config::{Defaults, FileConfig, ServerArgs, ServerSettings, watch_files},
+    server::authenticator,
+    shutdown::{self, DrainTimings},
+    telemetry,
+};
+use inventory_service::{
+    app::{self, ServeOptions},
+    store::{self, StoreOptions},
+};
+
+/// Ferry inventory service: idempotent stock deductions over gRPC, on SQLite (default, in
+/// --data-dir) or PostgreSQL (--database-url postgres://...).
+///
+/// Scopes: inventory:read (GetStock), inventory:write (DeductStock, ReleaseStock),
+/// inventory:admin (SetStock, Restock). Health and reflection need no token.
+#[derive(Debug, Parser)]
+#[command(name = "inventory-service", version)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+const DEFAULTS: Defaults = Defaults {
+    grpc_addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 50051),
+    metrics_addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9090),
+    sqlite_file: "inventory.db",
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file = FileConfig::load_optional(cli.server.config_file.as_deref())?;
+    let settings = ServerSettings::resolve(&cli.server, &file, DEFAULTS)?;
+    let log = telemetry::init_logging(&settings.log_level, settings.log_json).map_err(anyhow::Error::msg)?;
+    let scopes = app::scopes();
+    let auth = authenticator(settings.auth.as_ref(), &scopes)?;
+    if auth.is_none() {
+        tracing::warn!("authentication is DISABLED by configuration");
+    }
+
+    let store = store::open(&StoreOptions {
+        max_connections: settings.db_max_connections,
+        ..StoreOptions::new(settings.database_url.clone())
+    })
+    .await?;
+
+    let shutdown = shutdown::on_signals();
+    let running = app::start(
+        store,
+        ServeOptions {
+            grpc_addr: settings.grpc_addr,
+            http_addr: settings.metrics_addr,
+            auth,
+            max_concurrent_requests: settings.max_concurrent_requests,
+            request_timeout: settings.request_timeout,
+            drain: DrainTimings { drain: settings.drain, grace: settings.shutdown_grace },
+            max_connection_age: settings.max_connection_age,
+            health_probe_interval: Duration::from_secs(2),
+            shutdown: shutdown.clone(),
+        },
+    )
+    .await?;
+
+    if let Some(path) = cli.server.config_file.clone() {
+        let mut watched = vec![path.clone()];
+        watched.extend(settings.auth.as_ref().map(|a| a.key_file.clone()));
+        let plumbing = running.plumbing.clone();
+        let metrics = Arc::clone(&plumbing.metrics);
+        let args = cli.server.clone();
+        tokio::spawn(watch_files(watched, settings.config_poll, metrics, shutdown.clone(), move || {
+            let file = FileConfig::load(&path).map_err(|e| e.to_string())?;
+            let new = ServerSettings::resolve(&args, &file, DEFAULTS).map_err(|e| e.to_string())?;
+            plumbing.apply(&new, &log, &scopes)
+        }));
+    }
+
+    let stopped = running.task.await??;
+    tracing::info!(?stopped, "exiting");
+    Ok(())
+}

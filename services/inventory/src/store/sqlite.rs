@@ -1,0 +1,231 @@
+//! SQLite backend: a file in the data dir, WAL with `synchronous=NORMAL`.
+//!
+//! NB: SQLite has one writer at a time. All writes go through a pool of exactly one
+//! connection, so writers queue in the application instead of failing with SQLITE_BUSY;
+//! reads use a separate pool and never block on writers (WAL).
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use ferry_proto::domain::{DeductStock, MAX_STOCK, ReleaseStock, Restock, SetStock, Sku};
+use sqlx::{
+    Row, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{Deducted, InventoryStore, Released, RequestRecord, StoreError, StoreOptions, now_ms};
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and runs migrations.
+    pub async fn connect(opts: &StoreOptions) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&opts.url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(opts.acquire_timeout)
+            .foreign_keys(true);
+        if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Internal(format!("creating data dir {}: {e}", parent.display())))?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Internal(format!("migrations: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections.clamp(1, 8))
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn record(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT sku, quantity, state, remaining FROM stock_requests WHERE request_id = ?")
+                .bind(request_id)
+                .fetch_optional(&self.writer)
+                .await?;
+        Ok(row.map(|r| RequestRecord {
+            sku: r.get(0),
+            quantity: r.get(1),
+            state: r.get(2),
+            remaining: r.get(3),
+        }))
+    }
+}
+
+async fn current_quantity(tx: &mut sqlx::SqliteConnection, sku: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT quantity FROM stock WHERE sku = ?").bind(sku).fetch_optional(tx).await
+}
+
+#[async_trait]
+impl InventoryStore for SqliteStore {
+    async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
+        let (rid, sku, qty, now) = (cmd.request_id.as_str(), cmd.sku.as_str(), cmd.quantity.get(), now_ms());
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE stock SET quantity = quantity - ?1, updated_at_ms = ?2 \
+             WHERE sku = ?3 AND quantity >= ?1 RETURNING quantity",
+        )
+        .bind(qty)
+        .bind(now)
+        .bind(sku)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = updated else {
+            let available: Option<i64> = sqlx::query_scalar("SELECT quantity FROM stock WHERE sku = ?")
+                .bind(sku)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            // A replay of an earlier success must answer as before even when stock ran out since.
+            if let Some(rec) = self.record(rid).await? {
+                return rec.replay_deduct(cmd);
+            }
+            return Err(match available {
+                None => StoreError::NotFound(sku.to_string()),
+                Some(available) => {
+                    StoreError::Insufficient { sku: sku.to_string(), requested: qty, available }
+                }
+            });
+        };
+        let remaining: i64 = row.get(0);
+        let inserted = sqlx::query(
+            "INSERT INTO stock_requests (request_id, sku, quantity, state, remaining, created_at_ms) \
+             VALUES (?, ?, ?, 'deducted', ?, ?) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(rid)
+        .bind(sku)
+        .bind(qty)
+        .bind(remaining)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let rec = self.record(rid).await?.ok_or_else(|| {
+                StoreError::Internal(format!("request `{rid}` conflicted but has no record"))
+            })?;
+            return rec.replay_deduct(cmd);
+        }
+        tx.commit().await?;
+        Ok(Deducted { remaining, replayed: false })
+    }
+
+    async fn release(&self, cmd: &ReleaseStock) -> Result<Released, StoreError> {
+        let (rid, sku, qty, now) = (cmd.request_id.as_str(), cmd.sku.as_str(), cmd.quantity.get(), now_ms());
+        let mut tx = self.writer.begin().await?;
+        let tombstone = sqlx::query(
+            "INSERT INTO stock_requests (request_id, sku, quantity, state, remaining, created_at_ms) \
+             VALUES (?, ?, ?, 'released', -1, ?) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(rid)
+        .bind(sku)
+        .bind(qty)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if tombstone == 1 {
+            let remaining = current_quantity(&mut tx, sku).await?.unwrap_or(0);
+            tx.commit().await?;
+            return Ok(Released { released: false, remaining });
+        }
+        let row =
+            sqlx::query("SELECT sku, quantity, state, remaining FROM stock_requests WHERE request_id = ?")
+                .bind(rid)
+                .fetch_one(&mut *tx)
+                .await?;
+        let rec =
+            RequestRecord { sku: row.get(0), quantity: row.get(1), state: row.get(2), remaining: row.get(3) };
+        rec.check_release(cmd)?;
+        let flipped = sqlx::query(
+            "UPDATE stock_requests SET state = 'released' WHERE request_id = ? AND state = 'deducted'",
+        )
+        .bind(rid)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if flipped == 0 {
+            let remaining = current_quantity(&mut tx, sku).await?.unwrap_or(0);
+            tx.commit().await?;
+            return Ok(Released { released: false, remaining });
+        }
+        let remaining: Option<i64> = sqlx::query_scalar(
+            "UPDATE stock SET quantity = quantity + ?, updated_at_ms = ? WHERE sku = ? RETURNING quantity",
+        )
+        .bind(qty)
+        .bind(now)
+        .bind(sku)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Released { released: true, remaining: remaining.unwrap_or(0) })
+    }
+
+    async fn get(&self, sku: &Sku) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT quantity FROM stock WHERE sku = ?")
+            .bind(sku.as_str())
+            .fetch_optional(&self.reader)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(sku.to_string()))
+    }
+
+    async fn set(&self, cmd: &SetStock) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO stock (sku, quantity, updated_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (sku) DO UPDATE SET quantity = excluded.quantity, updated_at_ms = excluded.updated_at_ms \
+             RETURNING quantity",
+        )
+        .bind(cmd.sku.as_str())
+        .bind(cmd.quantity.get())
+        .bind(now_ms())
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
+    async fn restock(&self, cmd: &Restock) -> Result<i64, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let updated: Option<i64> = sqlx::query_scalar(
+            "UPDATE stock SET quantity = quantity + ?1, updated_at_ms = ?2 \
+             WHERE sku = ?3 AND quantity <= ?4 - ?1 RETURNING quantity",
+        )
+        .bind(cmd.quantity.get())
+        .bind(now_ms())
+        .bind(cmd.sku.as_str())
+        .bind(MAX_STOCK)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(q) = updated {
+            tx.commit().await?;
+            return Ok(q);
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT quantity FROM stock WHERE sku = ?")
+            .bind(cmd.sku.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Err(match exists {
+            None => StoreError::NotFound(cmd.sku.to_string()),
+            Some(_) => StoreError::WouldOverflow(cmd.sku.to_string()),
+        })
+    }
+
+    async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
+    }
+}

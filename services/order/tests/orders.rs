@@ -1,0 +1,618 @@
+//! The order service end to end against a real in-process inventory service, plus the
+//! inventory client's retries and circuit breaker over an in-memory transport (paused clock).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use ferry_proto::{
+    domain::{DeductStock, ReleaseStock, Restock, SetStock, Sku},
+    inventory::v1::{
+        DeductStockRequest, GetStockRequest, SetStockRequest,
+        inventory_service_client::InventoryServiceClient, inventory_service_server::InventoryServiceServer,
+    },
+    order::v1::{
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem, OrderStatus,
+        order_service_client::OrderServiceClient,
+    },
+};
+use ferry_service_common::shutdown::DrainTimings;
+use inventory_service::{
+    api::{InventoryApi, InventoryMetrics},
+    store::{Deducted, InventoryStore, Released, StoreError},
+};
+use order_service::{
+    app::{self, ServeOptions},
+    breaker::BreakerConfig,
+    client::{ClientMetrics, ClientSettings, InventoryClient},
+    retry::RetryPolicy,
+    store::{self as order_store, StoreOptions},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Inventory store that can be switched "down" (answers UNAVAILABLE) and counts executions.
+struct FlakyStore {
+    inner: Arc<dyn InventoryStore>,
+    down: AtomicBool,
+    fail_next: AtomicUsize,
+    deduct_calls: AtomicUsize,
+}
+
+impl FlakyStore {
+    fn failing(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("test outage".into()));
+        }
+        if self.fail_next.load(Ordering::SeqCst) > 0 {
+            self.fail_next.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("test blip".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl InventoryStore for FlakyStore {
+    async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
+        self.failing()?;
+        self.deduct_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.deduct(cmd).await
+    }
+    async fn release(&self, cmd: &ReleaseStock) -> Result<Released, StoreError> {
+        self.failing()?;
+        self.inner.release(cmd).await
+    }
+    async fn get(&self, sku: &Sku) -> Result<i64, StoreError> {
+        self.inner.get(sku).await
+    }
+    async fn set(&self, cmd: &SetStock) -> Result<i64, StoreError> {
+        self.inner.set(cmd).await
+    }
+    async fn restock(&self, cmd: &Restock) -> Result<i64, StoreError> {
+        self.inner.restock(cmd).await
+    }
+    async fn ping(&self) -> bool {
+        self.inner.ping().await
+    }
+}
+
+async fn flaky_inventory_store(dir: &tempfile::TempDir) -> Arc<FlakyStore> {
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
+    let inner =
+        inventory_service::store::open(&inventory_service::store::StoreOptions::new(url)).await.unwrap();
+    Arc::new(FlakyStore {
+        inner,
+        down: AtomicBool::new(false),
+        fail_next: AtomicUsize::new(0),
+        deduct_calls: AtomicUsize::new(0),
+    })
+}
+
+/// An inventory server reachable over in-memory pipes (no sockets, no timers): safe under a
+/// paused clock.
+fn inventory_over_duplex(store: Arc<FlakyStore>) -> Channel {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+    let api = InventoryServiceServer::new(InventoryApi::new(store, Arc::new(InventoryMetrics::default())));
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+        let _ = tonic::transport::Server::builder().add_service(api).serve_with_incoming(incoming).await;
+    });
+    tonic::transport::Endpoint::from_static("http://inventory.test").connect_with_connector_lazy(
+        tower::service_fn(move |_| {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let sent = tx.send(server);
+            async move {
+                sent.map_err(|_| std::io::Error::other("inventory test server gone"))?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+            }
+        }),
+    )
+}
+
+use tokio_stream::StreamExt as _;
+
+struct Shop {
+    orders: OrderServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+    flaky: Arc<FlakyStore>,
+    shutdown: CancellationToken,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn client_settings() -> ClientSettings {
+    ClientSettings {
+        retry: RetryPolicy { base_backoff: Duration::from_millis(1), ..RetryPolicy::default() },
+        breaker: BreakerConfig { failure_threshold: 50, open_for: Duration::from_secs(5) },
+        token: None,
+    }
+}
+
+async fn shop() -> Shop {
+    let inv_dir = tempfile::tempdir().unwrap();
+    let flaky = flaky_inventory_store(&inv_dir).await;
+    let inventory_channel = inventory_over_duplex(flaky.clone());
+    let ord_dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", ord_dir.path().join("orders.db").display());
+    let store = order_store::open(&StoreOptions::new(url)).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = app::start(
+        store,
+        ServeOptions {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            auth: None,
+            max_concurrent_requests: 0,
+            request_timeout: Duration::from_secs(10),
+            drain: DrainTimings { drain: Duration::ZERO, grace: Duration::from_secs(5) },
+            max_connection_age: Duration::from_secs(300),
+            health_probe_interval: Duration::from_secs(1),
+            inventory: inventory_channel.clone(),
+            client: client_settings(),
+            compensation_timeout: Duration::from_secs(5),
+            shutdown: shutdown.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    let channel =
+        Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();
+    Shop {
+        orders: OrderServiceClient::new(channel),
+        inventory: InventoryServiceClient::new(inventory_channel),
+        flaky,
+        shutdown,
+        _dirs: (inv_dir, ord_dir),
+    }
+}
+
+impl Shop {
+    async fn set(&self, sku: &str, quantity: i64) {
+        self.inventory.clone().set_stock(SetStockRequest { sku: sku.into(), quantity }).await.unwrap();
+    }
+    async fn stock(&self, sku: &str) -> i64 {
+        self.inventory
+            .clone()
+            .get_stock(GetStockRequest { sku: sku.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .quantity
+    }
+}
+
+fn order(request_id: &str, customer: &str, items: &[(&str, i64)]) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: request_id.into(),
+        customer_id: customer.into(),
+        items: items.iter().map(|(s, q)| OrderItem { sku: (*s).into(), quantity: *q }).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_order_deducts_every_item_and_confirms() {
+    tokio::time::timeout(LIMIT, async {
+        let s = shop().await;
+        s.set("a", 10).await;
+        s.set("b", 10).await;
+        let o = s
+            .orders
+            .clone()
+            .create_order(order("r1", "c1", &[("a", 2), ("b", 3)]))
+            .await
+            .unwrap()
+            .into_inner();
+        let o = o.order.unwrap();
+        assert_eq!(o.status(), OrderStatus::Confirmed);
+        assert_eq!((s.stock("a").await, s.stock("b").await), (8, 7));
+        let got = s.orders.clone().get_order(GetOrderRequest { order_id: o.order_id.clone() }).await.unwrap();
+        assert_eq!(got.into_inner().order.unwrap(), o);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_item_releases_what_was_taken_and_names_the_sku() {
+    tokio::time::timeout(LIMIT, async {
+        let s = shop().await;
+        s.set("a", 10).await;
+        s.set("b", 1).await;
+        s.set("c", 10).await;
+        let err = s
+            .orders
+            .clone()
+            .create_order(order("r1", "c1", &[("a", 2), ("b", 5), ("c", 1)]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("`b`"), "{}", err.message());
+        assert_eq!((s.stock("a").await, s.stock("b").await, s.stock("c").await), (10, 1, 10));
+        let listed = s
+            .orders
+            .clone()
+            .list_orders(ListOrdersRequest {
+                customer_id: "c1".into(),
+                page_size: 10,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.orders.len(), 1);
+        assert_eq!(listed.orders[0].status(), OrderStatus::Failed);
+        // A replay answers the same failure without touching stock.
+        let again = s
+            .orders
+            .clone()
+            .create_order(order("r1", "c1", &[("a", 2), ("b", 5), ("c", 1)]))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), Code::FailedPrecondition);
+        let err = s.orders.clone().create_order(order("r2", "c1", &[("nope", 1)])).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("`nope`"), "{}", err.message());
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_request_id_twice_and_concurrently_creates_one_order_and_deducts_once() {
+    tokio::time::timeout(LIMIT, async {
+        let s = shop().await;
+        s.set("a", 100).await;
+        let calls = (0..10).map(|_| {
+            let mut c = s.orders.clone();
+            tokio::spawn(async move { c.create_order(order("same", "c1", &[("a", 3)])).await })
+        });
+        let ids: std::collections::HashSet<String> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap().into_inner().order.unwrap().order_id)
+            .collect();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(s.stock("a").await, 97);
+        let err = s.orders.clone().create_order(order("same", "c1", &[("a", 4)])).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_releases_stock_exactly_once() {
+    tokio::time::timeout(LIMIT, async {
+        let s = shop().await;
+        s.set("a", 10).await;
+        let o = s
+            .orders
+            .clone()
+            .create_order(order("r1", "c1", &[("a", 4)]))
+            .await
+            .unwrap()
+            .into_inner()
+            .order
+            .unwrap();
+        assert_eq!(s.stock("a").await, 6);
+        for _ in 0..3 {
+            let c = s
+                .orders
+                .clone()
+                .cancel_order(CancelOrderRequest { order_id: o.order_id.clone() })
+                .await
+                .unwrap();
+            assert_eq!(c.into_inner().order.unwrap().status(), OrderStatus::Cancelled);
+        }
+        assert_eq!(s.stock("a").await, 10);
+        let err = s
+            .orders
+            .clone()
+            .cancel_order(CancelOrderRequest { order_id: "unknown".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_orders_pages_newest_first_per_customer() {
+    tokio::time::timeout(LIMIT, async {
+        let s = shop().await;
+        s.set("a", 100).await;
+        for i in 0..5 {
+            s.orders.clone().create_order(order(&format!("r{i}"), "c1", &[("a", 1)])).await.unwrap();
+        }
+        s.orders.clone().create_order(order("other", "c2", &[("a", 1)])).await.unwrap();
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = s
+                .orders
+                .clone()
+                .list_orders(ListOrdersRequest { customer_id: "c1".into(), page_size: 2, page_token: token })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.orders.len() <= 2);
+            seen.extend(page.orders.into_iter().map(|o| (o.created_at_ms, o.request_id)));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), 5);
+        assert!(seen.windows(2).all(|w| w[0].0 >= w[1].0), "{seen:?}");
+        let err = s
+            .orders
+            .clone()
+            .list_orders(ListOrdersRequest {
+                customer_id: "c1".into(),
+                page_size: 2,
+                page_token: "bogus".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inventory_outage_leaves_the_order_retryable_with_the_same_request_id() {
+    tokio::time::timeout(LIMIT, async {
+        let s = shop().await;
+        s.set("a", 10).await;
+        s.set("b", 10).await;
+        // "a" is taken, then inventory goes down before "b": the order cannot settle.
+        s.flaky.down.store(true, Ordering::SeqCst);
+        let err = s.orders.clone().create_order(order("r1", "c1", &[("a", 1), ("b", 1)])).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        s.flaky.down.store(false, Ordering::SeqCst);
+        let o = s.orders.clone().create_order(order("r1", "c1", &[("a", 1), ("b", 1)])).await.unwrap();
+        assert_eq!(o.into_inner().order.unwrap().status(), OrderStatus::Confirmed);
+        assert_eq!((s.stock("a").await, s.stock("b").await), (9, 9));
+    })
+    .await
+    .expect("test timed out");
+}
+
+fn deduct(id: &str) -> DeductStockRequest {
+    DeductStockRequest { request_id: id.into(), sku: "a".into(), quantity: 1 }
+}
+
+/// In-memory inventory (no threads, no I/O): what a paused clock needs.
+#[derive(Default)]
+struct MemStore {
+    stock: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+#[async_trait]
+impl InventoryStore for MemStore {
+    async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
+        let mut stock = self.stock.lock().unwrap();
+        let q = stock.get_mut(cmd.sku.as_str()).ok_or_else(|| StoreError::NotFound(cmd.sku.to_string()))?;
+        if *q < cmd.quantity.get() {
+            return Err(StoreError::Insufficient {
+                sku: cmd.sku.to_string(),
+                requested: cmd.quantity.get(),
+                available: *q,
+            });
+        }
+        *q -= cmd.quantity.get();
+        Ok(Deducted { remaining: *q, replayed: false })
+    }
+    async fn release(&self, _: &ReleaseStock) -> Result<Released, StoreError> {
+        Err(StoreError::Internal("not used".into()))
+    }
+    async fn get(&self, sku: &Sku) -> Result<i64, StoreError> {
+        self.stock
+            .lock()
+            .unwrap()
+            .get(sku.as_str())
+            .copied()
+            .ok_or_else(|| StoreError::NotFound(sku.to_string()))
+    }
+    async fn set(&self, cmd: &SetStock) -> Result<i64, StoreError> {
+        self.stock.lock().unwrap().insert(cmd.sku.to_string(), cmd.quantity.get());
+        Ok(cmd.quantity.get())
+    }
+    async fn restock(&self, _: &Restock) -> Result<i64, StoreError> {
+        Err(StoreError::Internal("not used".into()))
+    }
+    async fn ping(&self) -> bool {
+        true
+    }
+}
+
+async fn direct_client(
+    settings: ClientSettings,
+) -> (InventoryClient, Arc<FlakyStore>, Arc<ClientMetrics>, ()) {
+    let flaky = Arc::new(FlakyStore {
+        inner: Arc::new(MemStore::default()),
+        down: AtomicBool::new(false),
+        fail_next: AtomicUsize::new(0),
+        deduct_calls: AtomicUsize::new(0),
+    });
+    flaky
+        .inner
+        .set(&SetStock {
+            sku: Sku::parse("sku", "a").unwrap(),
+            quantity: ferry_proto::domain::StockLevel::parse("q", 100).unwrap(),
+        })
+        .await
+        .unwrap();
+    let metrics = Arc::new(ClientMetrics::default());
+    let client = InventoryClient::new(inventory_over_duplex(flaky.clone()), settings, metrics.clone());
+    (client, flaky, metrics, ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_and_the_deduction_executes_once() {
+    tokio::time::timeout(LIMIT, async {
+        let (client, flaky, metrics, _dir) = direct_client(client_settings()).await;
+        flaky.fail_next.store(2, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let r = client.deduct(deduct("x"), deadline, None).await.unwrap();
+        assert_eq!(r.remaining, 99);
+        assert_eq!(metrics.retries.get(), 2);
+        assert_eq!(flaky.deduct_calls.load(Ordering::SeqCst), 1);
+        // Not-enough-stock is a business answer: no retry.
+        let err = client
+            .deduct(
+                DeductStockRequest { request_id: "big".into(), sku: "a".into(), quantity: 1000 },
+                deadline,
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert_eq!(metrics.retries.get(), 2);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_opens_after_consecutive_failures_fails_fast_and_recovers_after_the_open_period() {
+    let settings = ClientSettings {
+        retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+        breaker: BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(10) },
+        token: None,
+    };
+    let (client, flaky, metrics, _dir) = direct_client(settings).await;
+    let deadline = || tokio::time::Instant::now() + Duration::from_secs(5);
+    flaky.down.store(true, Ordering::SeqCst);
+    for i in 0..3 {
+        let err = client.deduct(deduct(&format!("f{i}")), deadline(), None).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(!err.message().contains("circuit breaker"), "{err:?}");
+    }
+    assert_eq!(metrics.breaker_state.get(), 2, "open");
+    // Inventory is healthy again, but the breaker holds until the open period ends.
+    flaky.down.store(false, Ordering::SeqCst);
+    let err = client.deduct(deduct("fast"), deadline(), None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("circuit breaker is open"), "{err:?}");
+    assert_eq!(flaky.deduct_calls.load(Ordering::SeqCst), 0, "failed fast, never reached inventory");
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(client.deduct(deduct("still"), deadline(), None).await.is_err());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // Half-open probe succeeds and closes the breaker.
+    client.deduct(deduct("probe"), deadline(), None).await.unwrap();
+    assert_eq!(metrics.breaker_state.get(), 0, "closed");
+    client.deduct(deduct("after"), deadline(), None).await.unwrap();
+    assert_eq!(metrics.breaker_opened.get(), 1);
+}
+
+mod order_store_contract {
+    use ferry_proto::domain::{CustomerId, OrderLine, Quantity};
+    use order_service::store::{Cursor, NewOrder, OrderStatus, OrderStore};
+
+    use super::*;
+
+    fn new_order(id: &str, rid: &str, customer: &str, q: i64) -> NewOrder {
+        NewOrder {
+            order_id: id.into(),
+            request_id: rid.into(),
+            customer_id: CustomerId::parse("c", customer).unwrap(),
+            items: vec![OrderLine {
+                sku: Sku::parse("s", "a").unwrap(),
+                quantity: Quantity::parse("q", q).unwrap(),
+            }],
+        }
+    }
+
+    async fn contract(store: Arc<dyn OrderStore>) {
+        let (o, created) = store.create_or_get(new_order("o1", "r1", "c", 1)).await.unwrap();
+        assert!(created && o.status == OrderStatus::Pending);
+        let (again, created) = store.create_or_get(new_order("o2", "r1", "c", 1)).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.order_id, "o1");
+        assert!(store.create_or_get(new_order("o3", "r1", "c", 2)).await.is_err(), "payload mismatch");
+        let moved = store
+            .transition("o1", &[OrderStatus::Pending], OrderStatus::Confirmed, "")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.status, OrderStatus::Confirmed);
+        let guarded =
+            store.transition("o1", &[OrderStatus::Pending], OrderStatus::Failed, "x").await.unwrap().unwrap();
+        assert_eq!(guarded.status, OrderStatus::Confirmed, "guard holds");
+        for i in 0..3 {
+            store.create_or_get(new_order(&format!("p{i}"), &format!("rp{i}"), "pager", 1)).await.unwrap();
+        }
+        let first = store.list("pager", 2, None).await.unwrap();
+        assert_eq!(first.len(), 2);
+        let last = first.last().unwrap();
+        let cursor = Cursor { created_at_ms: last.created_at_ms, order_id: last.order_id.clone() };
+        let rest = store.list("pager", 2, Some(&cursor)).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(store.get("missing").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sqlite_order_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+        contract(order_store::open(&StoreOptions::new(url)).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_order_store_keeps_the_contract() {
+        let Ok(url) = std::env::var("FERRY_TEST_POSTGRES_URL") else {
+            println!(
+                "SKIPPED: PostgreSQL order store test (FERRY_TEST_POSTGRES_URL is not set; `make test` sets it)"
+            );
+            return;
+        };
+        let schema = format!("o_{}", uuid::Uuid::new_v4().simple());
+        let opts = StoreOptions { pg_schema: Some(schema), ..StoreOptions::new(url) };
+        contract(order_store::open(&opts).await.expect("connect")).await;
+    }
+}
+
+mod malformed {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+        #[test]
+        fn malformed_orders_get_invalid_argument(
+            customer in prop_oneof![Just(String::new()), ".{129,140}", "[a-z]{1,4}"],
+            items in proptest::collection::vec((prop_oneof![Just(String::new()), "[a-z]{1,3}", ".{65,70}"], -5i64..=0), 0..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async {
+                let s = shop().await;
+                let req = CreateOrderRequest {
+                    request_id: "r".into(),
+                    customer_id: customer.clone(),
+                    items: items.iter().map(|(sku, q)| OrderItem { sku: sku.clone(), quantity: *q }).collect(),
+                };
+                let err = s.orders.clone().create_order(req).await.unwrap_err();
+                assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            });
+        }
+    }
+}
