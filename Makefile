@@ -60,6 +60,25 @@ unit: ## Unit and in-process tests (no cluster; a throwaway PostgreSQL on 127.0.
 test-e2e: ## E2e tests against the local cluster (started if needed, left as found)
 	tests/e2e/run.sh
 
+## ---- benchmarks (numbers, not tests) ----------------------------------------
+SIZES ?= 100,1000
+.PHONY: bench-operator
+bench-operator: ## Operator: convergence of SIZES MicroServices, peak RSS, idle API traffic, 429s (local cluster)
+	$(CARGO) build --release --locked -p ferry-operator --bin operator -p ferry-e2e --bin bench_operator
+	$(CLUSTER)/up.sh >/dev/null
+	$(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f crds/ >/dev/null
+	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator \
+	  target/release/bench_operator $(SIZES)
+
+ROLLOUTS ?= 50
+.PHONY: bench-rollout
+bench-rollout: ## Blue-green promotion overhead (green available -> selector switched) over ROLLOUTS rollouts
+	$(CARGO) build --release --locked -p ferry-operator --bin operator --example bench_rollout
+	$(CLUSTER)/up.sh >/dev/null
+	$(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f crds/ >/dev/null
+	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator \
+	  target/release/examples/bench_rollout $(ROLLOUTS)
+
 ## ---- local cluster ----------------------------------------------------------
 .PHONY: tools
 tools: ## Build (or find cached) etcd, kube-*, kubectl, kwok and helm from the Go module proxy
@@ -73,6 +92,14 @@ cluster-up: ## Start the local cluster; writes target/cluster/kubeconfig (MONITO
 cluster-down: ## Stop every cluster process and remove its state
 	$(CLUSTER)/down.sh
 
+## ---- images, for machines with Docker --------------------------------------
+IMAGE_TAG ?= dev
+.PHONY: images
+images: ## Build the operator, order-service and inventory-service images with Docker
+	docker build -f operator/Dockerfile -t ferry/operator:$(IMAGE_TAG) .
+	docker build -f services/order/Dockerfile -t ferry/order-service:$(IMAGE_TAG) .
+	docker build -f services/inventory/Dockerfile -t ferry/inventory-service:$(IMAGE_TAG) .
+
 ## ---- kind, for machines with Docker ----------------------------------------
 .PHONY: kind-up
 kind-up: ## Create a kind cluster and write its kubeconfig to target/cluster/kubeconfig
@@ -81,3 +108,7 @@ kind-up: ## Create a kind cluster and write its kubeconfig to target/cluster/kub
 .PHONY: kind-down
 kind-down: ## Delete the kind cluster
 	tests/e2e/kind/kind.sh down
+
+.PHONY: bench-services
+bench-services: ## Service benchmarks (numbers, not tests): DeductStock, CreateOrder, bare tonic baseline, RSS
+	services/scripts/bench.sh

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod desired;
 pub mod metrics;
 pub mod reconciler;
+pub mod rollout;
 pub mod runtime;
 pub mod status;
 pub mod telemetry;

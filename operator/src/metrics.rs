@@ -31,6 +31,29 @@ pub struct WriteLabels {
     pub verb: String,
 }
 
+/// Label set of a MicroService's rollout phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// MicroService name.
+    pub name: String,
+    /// Phase.
+    pub phase: String,
+}
+
+/// Every phase the rollout gauge reports (one series each; the current one is 1).
+pub const ROLLOUT_PHASES: [&str; 8] = [
+    "Pending",
+    "Progressing",
+    "Paused",
+    "Promoting",
+    "Healthy",
+    "Degraded",
+    "Aborted",
+    "Invalid",
+];
+
 /// Every metric the operator exports, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +70,14 @@ pub struct Metrics {
     pub writes: Family<WriteLabels, Counter>,
     /// 1 while this process holds the leader lease (or runs without leader election).
     pub leader: Gauge,
+    /// 1 for the current phase of each blue-green MicroService, 0 for the others.
+    pub rollout_phase: Family<PhaseLabels, Gauge>,
+    /// Seconds from the start of a blue-green rollout to the switch of the active Service.
+    pub promotion_duration: Histogram,
+    /// Blue-green rollouts aborted (by request, deadline or a failed check).
+    pub rollout_aborts: Counter,
+    /// Switches back to an older revision (fast rollback or after a failed post-promotion check).
+    pub rollout_rollbacks: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +91,32 @@ impl Default for Metrics {
         let objects_managed = Family::<KindLabels, Gauge>::default();
         let writes = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        let promotion_duration = Histogram::new([
+            1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+        ]);
+        let rollout_aborts = Counter::default();
+        let rollout_rollbacks = Counter::default();
+        registry.register(
+            "rollout_phase",
+            "Blue-green rollout phase (1 for the current phase)",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "rollout_promotion_duration_seconds",
+            "Seconds from the start of a blue-green rollout to the switch of the active Service",
+            promotion_duration.clone(),
+        );
+        registry.register(
+            "rollout_aborts",
+            "Blue-green rollouts aborted",
+            rollout_aborts.clone(),
+        );
+        registry.register(
+            "rollout_rollbacks",
+            "Switches of the active Service back to an older revision",
+            rollout_rollbacks.clone(),
+        );
         registry.register(
             "reconcile_runs",
             "Reconciles started",
@@ -98,6 +155,10 @@ impl Default for Metrics {
             objects_managed,
             writes,
             leader,
+            rollout_phase,
+            promotion_duration,
+            rollout_aborts,
+            rollout_rollbacks,
         }
     }
 }
@@ -138,6 +199,19 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// Sets the rollout phase gauge of one MicroService.
+    pub fn set_rollout_phase(&self, namespace: &str, name: &str, phase: &str) {
+        for p in ROLLOUT_PHASES {
+            self.rollout_phase
+                .get_or_create(&PhaseLabels {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    phase: p.into(),
+                })
+                .set(i64::from(p == phase));
+        }
+    }
+
     /// The registry in OpenMetrics text form.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -170,7 +244,30 @@ mod tests {
         m.reconcile_failed("kube_409");
         m.set_managed("MicroService", 3);
         m.wrote("Deployment", "apply");
+        m.set_rollout_phase("shop", "order", "Paused");
+        m.rollout_aborts.inc();
+        m.promotion_duration.observe(3.0);
         let text = m.render();
+        assert!(
+            text.contains(
+                "ferry_operator_rollout_phase{namespace=\"shop\",name=\"order\",phase=\"Paused\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_operator_rollout_phase{namespace=\"shop\",name=\"order\",phase=\"Healthy\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_operator_rollout_aborts_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_operator_rollout_promotion_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(
             text.contains("ferry_operator_reconcile_runs_total 1"),
             "{text}"

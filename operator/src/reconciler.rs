@@ -52,6 +52,8 @@ use crate::{
     validation::{self, SpecError},
 };
 
+mod blue_green;
+
 /// Page size of every list: small pages keep the peak memory of the initial list low.
 pub const PAGE_SIZE: u32 = 50;
 /// Requeue of a converged MicroService (a safety net; watches drive everything else).
@@ -75,6 +77,9 @@ pub enum Error {
     /// The MicroService has no namespace (it is a namespaced kind, so this is a bug).
     #[error("MicroService has no namespace")]
     MissingNamespaceError,
+    /// A child cache stopped before its first full list (the process is shutting down).
+    #[error("child cache not ready: {0}")]
+    CacheNotReadyError(#[source] reflector::store::WriterDropped),
 }
 
 impl Error {
@@ -85,6 +90,7 @@ impl Error {
             Self::KubeError(_) => "kube_transport".into(),
             Self::NotLeaderError => "not_leader".into(),
             Self::MissingNamespaceError => "missing_namespace".into(),
+            Self::CacheNotReadyError(_) => "cache_not_ready".into(),
         }
     }
 }
@@ -364,6 +370,18 @@ async fn reconcile_inner(
     name: &str,
     ms_api: &Api<MicroService>,
 ) -> Result<Action> {
+    // NB: decisions read the child caches; right after a (re)start they may still be filling, and an
+    // empty cache would look like "no Service yet" (a blue-green rollout would start over).
+    ctx.stores
+        .deployments
+        .wait_until_ready()
+        .await
+        .map_err(Error::CacheNotReadyError)?;
+    ctx.stores
+        .services
+        .wait_until_ready()
+        .await
+        .map_err(Error::CacheNotReadyError)?;
     let client = ctx.client.clone();
     let observed_deployment = lookup(&ctx.stores.deployments, ns, name);
     let deployment_view = observed_deployment
@@ -422,76 +440,29 @@ async fn reconcile_inner(
     let desired = desired::build(ms, &inputs);
 
     // 5. Bring the children in line, writing only what differs.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let deployment_ref = ObjectRef::<Deployment>::new(name).within(ns);
-    let drifted = observed_deployment.as_ref().is_some_and(|d| {
-        let recorded = ctx
-            .applied_generations
-            .lock()
-            .ok()
-            .and_then(|g| g.get(&deployment_ref).copied());
-        recorded.is_some_and(|g| Some(g) != d.metadata.generation)
-    });
-    let deployment_current = observed_deployment
-        .as_deref()
-        .is_some_and(|d| spec_hash_of(d) == spec_hash_of(&desired.deployment) && !drifted);
     let mut view = deployment_view;
-    let mut held = false;
-    if !deployment_current {
-        if deps.ready() {
-            let applied = match apply(ctx, &deployments, &desired.deployment, "Deployment").await {
-                Ok(applied) => applied,
-                Err(err) => match as_spec_error(&err) {
-                    Some(spec_err) => {
-                        return park_invalid(ctx, ms_api, ms, &spec_err, view.as_ref()).await;
-                    }
-                    None => return Err(err),
-                },
-            };
-            if let (Some(generation), Ok(mut g)) =
-                (applied.metadata.generation, ctx.applied_generations.lock())
-            {
-                g.insert(deployment_ref.clone(), generation);
+    let held;
+    let mut rollout: Option<Box<blue_green::Outcome>> = None;
+    if blue_green::is_blue_green(ms) {
+        match blue_green::reconcile(ctx, ms, ns, name, &inputs, deps.ready()).await? {
+            blue_green::BlueGreenResult::Done(outcome) => {
+                view = outcome.active_view.clone();
+                held = outcome.held;
+                rollout = Some(outcome);
             }
-            let (reason, note) = if observed_deployment.is_none() {
-                (
-                    "Created",
-                    format!("created Deployment {name} running {}", ms.spec.image),
-                )
-            } else {
-                (
-                    "Updated",
-                    format!(
-                        "updated Deployment {name}: image {}, {desired_replicas} replicas",
-                        ms.spec.image
-                    ),
-                )
-            };
-            publish(ctx, ms, EventKind::Normal, reason, note).await;
-            view = Some(DeploymentView::from_deployment(&applied));
-        } else {
-            held = true;
+            blue_green::BlueGreenResult::Invalid(spec_err) => {
+                return park_invalid(ctx, ms_api, ms, &spec_err, view.as_ref()).await;
+            }
         }
+    } else {
+        let (v, h) =
+            match reconcile_single(ctx, ms, ns, name, ms_api, &desired, &deps, view).await? {
+                Ok(vh) => vh,
+                Err(action) => return Ok(action),
+            };
+        view = v;
+        held = h;
     }
-
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let observed_service = lookup(&ctx.stores.services, ns, name);
-    if let Err(err) = ensure_child(
-        ctx,
-        ms,
-        &services,
-        observed_service,
-        Some(&desired.service),
-        "Service",
-    )
-    .await
-    {
-        return match as_spec_error(&err) {
-            Some(spec_err) => park_invalid(ctx, ms_api, ms, &spec_err, view.as_ref()).await,
-            None => Err(err),
-        };
-    }
-
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     let observed_hpa = lookup(&ctx.stores.autoscalers, ns, name);
     ensure_child(
@@ -553,8 +524,44 @@ async fn reconcile_inner(
         selector: labels::selector_string(ms),
         notes,
     };
-    let next = status::derive(ms.status.as_ref(), &observation, status::now());
+    let now = status::now();
+    let mut next = status::derive(ms.status.as_ref(), &observation, now.clone());
+    if let Some(outcome) = rollout.as_ref() {
+        crate::rollout::report::overlay(
+            &mut next,
+            ms.status.as_ref(),
+            &outcome.plan,
+            outcome.checks.clone(),
+            name,
+            &now,
+        );
+    }
     publish_status(ctx, ms_api, ms, &next).await?;
+    if let Some(outcome) = rollout.as_ref() {
+        let t = crate::rollout::report::transitions(ms.status.as_ref(), &next, &outcome.plan);
+        for event in t.events {
+            publish(ctx, ms, event.kind, event.reason, event.note).await;
+        }
+        if t.aborted {
+            ctx.metrics.rollout_aborts.inc();
+        }
+        if t.rolled_back {
+            ctx.metrics.rollout_rollbacks.inc();
+        }
+        if t.promoted {
+            let started = ms
+                .status
+                .as_ref()
+                .and_then(|s| s.blue_green.as_ref())
+                .and_then(|b| b.started_at.as_ref())
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+            if let Some(started) = started {
+                let secs = now.0.duration_since(started).as_secs_f64();
+                ctx.metrics.promotion_duration.observe(secs.max(0.0));
+            }
+        }
+        ctx.metrics.set_rollout_phase(ns, name, next.phase.as_str());
+    }
 
     // 7. With autoscaling and no replica count yet, seed spec.replicas once: an autoscaler reads a
     // missing count as 0 (scaling disabled), and the scale subresource cannot write a field that does
@@ -576,11 +583,130 @@ async fn reconcile_inner(
             .await?;
     }
 
-    Ok(if held || !deps.ready() {
-        Action::requeue(DEPENDENCY_RECHECK)
+    let base = if held || !deps.ready() {
+        DEPENDENCY_RECHECK
     } else {
-        Action::requeue(RESYNC)
-    })
+        RESYNC
+    };
+    let rollout_requeue = rollout
+        .and_then(|o| o.requeue)
+        .map(|r| r.max(Duration::from_millis(500)) + Duration::from_millis(100));
+    Ok(Action::requeue(
+        rollout_requeue.map_or(base, |r| r.min(base)),
+    ))
+}
+
+/// The RollingUpdate strategy: one Deployment named after the MicroService, and its Service.
+/// `Err(action)` when the spec was parked as invalid.
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_single(
+    ctx: &Context,
+    ms: &MicroService,
+    ns: &str,
+    name: &str,
+    ms_api: &Api<MicroService>,
+    desired: &desired::Desired,
+    deps: &dependencies::DependencyState,
+    mut view: Option<DeploymentView>,
+) -> Result<Result<(Option<DeploymentView>, bool), Action>> {
+    let client = ctx.client.clone();
+    let observed_deployment = lookup(&ctx.stores.deployments, ns, name);
+    let desired_replicas = desired::effective_replicas(ms);
+    let mut held = false;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment_ref = ObjectRef::<Deployment>::new(name).within(ns);
+    let drifted = observed_deployment.as_ref().is_some_and(|d| {
+        let recorded = ctx
+            .applied_generations
+            .lock()
+            .ok()
+            .and_then(|g| g.get(&deployment_ref).copied());
+        recorded.is_some_and(|g| Some(g) != d.metadata.generation)
+    });
+    let deployment_current = observed_deployment
+        .as_deref()
+        .is_some_and(|d| spec_hash_of(d) == spec_hash_of(&desired.deployment) && !drifted);
+    if !deployment_current {
+        if deps.ready() {
+            let applied = match apply(ctx, &deployments, &desired.deployment, "Deployment").await {
+                Ok(applied) => applied,
+                Err(err) => match as_spec_error(&err) {
+                    Some(spec_err) => {
+                        return park_invalid(ctx, ms_api, ms, &spec_err, view.as_ref())
+                            .await
+                            .map(Err);
+                    }
+                    None => return Err(err),
+                },
+            };
+            if let (Some(generation), Ok(mut g)) =
+                (applied.metadata.generation, ctx.applied_generations.lock())
+            {
+                g.insert(deployment_ref.clone(), generation);
+            }
+            let (reason, note) = if observed_deployment.is_none() {
+                (
+                    "Created",
+                    format!("created Deployment {name} running {}", ms.spec.image),
+                )
+            } else {
+                (
+                    "Updated",
+                    format!(
+                        "updated Deployment {name}: image {}, {desired_replicas} replicas",
+                        ms.spec.image
+                    ),
+                )
+            };
+            publish(ctx, ms, EventKind::Normal, reason, note).await;
+            view = Some(DeploymentView::from_deployment(&applied));
+        } else {
+            held = true;
+        }
+    }
+
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let observed_service = lookup(&ctx.stores.services, ns, name);
+    if let Err(err) = ensure_child(
+        ctx,
+        ms,
+        &services,
+        observed_service,
+        Some(&desired.service),
+        "Service",
+    )
+    .await
+    {
+        return match as_spec_error(&err) {
+            Some(spec_err) => park_invalid(ctx, ms_api, ms, &spec_err, view.as_ref())
+                .await
+                .map(Err),
+            None => Err(err),
+        };
+    }
+    // NB: leaving the blue-green strategy: once the plain Deployment is available, the revision
+    // Deployments and the preview Service go.
+    let plain_available = view.as_ref().is_some_and(|v| {
+        v.conditions
+            .iter()
+            .any(|c| c.0 == "Available" && c.1 == "True")
+    });
+    if plain_available {
+        for d in blue_green::revisions(ctx, ms, ns) {
+            delete(ctx, &deployments, &d.name_any(), "Deployment").await?;
+        }
+        let preview = crate::rollout::preview_service_name(name);
+        ensure_child(
+            ctx,
+            ms,
+            &services,
+            lookup(&ctx.stores.services, ns, &preview),
+            None,
+            "Service",
+        )
+        .await?;
+    }
+    Ok(Ok((view, held)))
 }
 
 /// Writes the `InvalidSpec` status for a spec that cannot be reconciled, then waits for a change.

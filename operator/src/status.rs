@@ -109,14 +109,14 @@ pub fn now() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-struct NewCondition {
+pub(crate) struct NewCondition {
     type_: &'static str,
     status: bool,
     reason: &'static str,
     message: String,
 }
 
-fn cond(
+pub(crate) fn cond(
     type_: &'static str,
     status: bool,
     reason: &'static str,
@@ -294,7 +294,9 @@ pub fn derive(
             format!("waiting for dependencies: {}", obs.dependencies.summary())
         }
         Phase::Pending => "creating the Deployment".to_string(),
-        Phase::Progressing => progressing.message.clone(),
+        Phase::Progressing | Phase::Paused | Phase::Promoting | Phase::Aborted => {
+            progressing.message.clone()
+        }
         Phase::Healthy => format!(
             "{} of {} pods ready",
             d.map_or(0, |v| v.ready_replicas),
@@ -330,10 +332,11 @@ pub fn derive(
         ready: Some(format!("{}/{}", view.ready_replicas, desired)),
         selector: Some(obs.selector.clone()),
         conditions,
+        blue_green: None,
     }
 }
 
-fn merge_condition(
+pub(crate) fn merge_condition(
     previous: Option<&MicroServiceStatus>,
     new: NewCondition,
     generation: Option<i64>,

@@ -420,4 +420,33 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&spec).expect("ser")).expect("de");
         assert_eq!(spec, again);
     }
+    #[test]
+    fn a_blue_green_strategy_passes_and_a_check_needs_exactly_one_kind() {
+        let strategy = |checks: Value| {
+            with(
+                base(),
+                &["spec", "strategy"],
+                json!({"type": "BlueGreen", "blueGreen": {
+                    "scaleDownDelaySeconds": 30,
+                    "prePromotionChecks": checks
+                }}),
+            )
+        };
+        let good = strategy(json!([
+            {"name": "health", "grpcHealth": {"service": "order.Order"}, "count": 3},
+            {"name": "hook", "webhook": {"url": "http://tester/smoke"}},
+            {"name": "ratio", "prometheus": {"address": "http://prom:9090", "query": "up",
+                                             "thresholdRange": {"min": 0.99}}}
+        ]));
+        assert_eq!(cel_errors(good), Vec::<String>::new());
+        assert_rejected(
+            cel_errors(strategy(json!([{"name": "none"}]))),
+            "exactly one of grpcHealth, webhook or prometheus",
+        );
+        assert_rejected(
+            cel_errors(strategy(json!([{"name": "two", "grpcHealth": {},
+                                        "webhook": {"url": "http://x/"}}]))),
+            "exactly one of grpcHealth, webhook or prometheus",
+        );
+    }
 }

@@ -77,11 +77,14 @@ async fn main() -> ExitCode {
         namespace: args.namespace,
         watch_config_maps: args.watch_config_maps,
     };
-    match runtime::run(options).await {
+    let code = match runtime::run(options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "operator failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flush the spans still buffered for the OTLP endpoint (a no-op without one).
+    telemetry::shutdown().await;
+    code
 }

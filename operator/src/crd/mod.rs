@@ -5,7 +5,10 @@ pub mod spec;
 pub mod status;
 
 pub use spec::*;
-pub use status::{MicroServiceStatus, Phase, condition_type};
+pub use status::{
+    AbortRecord, BlueGreenStatus, CheckResult, CheckVerdict, MicroServiceStatus, Phase,
+    RevisionRef, condition_type,
+};
 
 use kube::CustomResourceExt;
 

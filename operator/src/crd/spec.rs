@@ -176,9 +176,15 @@ pub struct MicroServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodSpecOverrides>,
 
-    /// How a new version replaces the old one. Only `RollingUpdate` exists today.
+    /// How a new version replaces the old one: `RollingUpdate` (default) or `BlueGreen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<StrategySpec>,
+
+    /// Pause a blue-green rollout before promotion: the new revision runs and is checked, but traffic
+    /// stays on the active revision until this is false again or a promotion is requested
+    /// (`kubectl ferry promote NAME`, i.e. the annotation `ferry.dev/promote: <preview hash>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 /// Image pull policy of the container.
@@ -488,6 +494,9 @@ pub struct StrategySpec {
     /// Settings of the rolling update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling_update: Option<RollingUpdateSpec>,
+    /// Settings of the blue-green rollout (used when `type: BlueGreen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenSpec>,
 }
 
 /// Strategy types.
@@ -496,6 +505,160 @@ pub enum StrategyType {
     /// A rolling update of one Deployment.
     #[default]
     RollingUpdate,
+    /// One Deployment per revision (`NAME-<hash>`); the Service's selector switches atomically from
+    /// the active revision to the new one once it is fully available and its checks passed.
+    BlueGreen,
+}
+
+/// Blue-green rollout settings. Every duration is in seconds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenSpec {
+    /// Create the `NAME-preview` Service, which selects only the newest revision (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_service: Option<bool>,
+    /// Pods the new revision runs before promotion (default: the full replica count). It is scaled
+    /// to the full count, and must be fully available, before traffic moves to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub preview_replica_count: Option<i32>,
+    /// Promote without a manual step once the new revision is available and its pre-promotion
+    /// checks passed (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_enabled: Option<bool>,
+    /// With auto-promotion off: promote anyway this many seconds after the rollout paused (0 = never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub auto_promotion_seconds: Option<i32>,
+    /// Seconds the previous revision keeps running after the switch, so kube-proxy rules propagate
+    /// and a fast rollback stays possible (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds an aborted revision keeps running before it is scaled to zero (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Seconds the new revision has to become available and pass its pre-promotion checks
+    /// (default 600). Past it the rollout is Degraded, or aborted with `progressDeadlineAbort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub progress_deadline_seconds: Option<i32>,
+    /// Abort the rollout when the progress deadline passes (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_abort: Option<bool>,
+    /// Scaled-down revisions (Deployments) kept for rollback (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20))]
+    pub revision_history_limit: Option<i32>,
+    /// Checks that must pass against the new revision before traffic moves to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub pre_promotion_checks: Option<Vec<CheckSpec>>,
+    /// Checks run after the switch; a failure switches traffic back to the previous revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub post_promotion_checks: Option<Vec<CheckSpec>>,
+}
+
+/// One promotion check: exactly one of `grpcHealth`, `webhook` or `prometheus`. It is measured
+/// `count` times, `intervalSeconds` apart, and fails once more than `failureLimit` measurements fail.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("(has(self.grpcHealth) ? 1 : 0) + (has(self.webhook) ? 1 : 0) + (has(self.prometheus) ? 1 : 0) == 1").message("a check needs exactly one of grpcHealth, webhook or prometheus"),
+)]
+pub struct CheckSpec {
+    /// Name of the check, unique in its list; results in status are keyed by it.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Seconds between measurements (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: Option<i32>,
+    /// Measurements to take (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub count: Option<i32>,
+    /// Failed measurements tolerated (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failure_limit: Option<i32>,
+    /// `grpc.health.v1.Health/Check` against every pod of the new revision; passes when all SERVING.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_health: Option<GrpcHealthCheck>,
+    /// POST of the rollout context as JSON; any 2xx answer passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookCheck>,
+    /// A Prometheus instant query whose scalar result must fall inside `[min, max]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+/// gRPC health check settings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcHealthCheck {
+    /// Name of the port to dial (default: the first grpc port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 15))]
+    pub port: Option<String>,
+    /// Service name sent in the request (empty = the whole server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub service: Option<String>,
+    /// Seconds before one call times out (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// HTTP webhook check settings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCheck {
+    /// `http://` URL the rollout context is POSTed to.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^http://"))]
+    pub url: String,
+    /// Seconds before the call times out (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// Prometheus query check settings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusCheck {
+    /// `http://` base URL of the Prometheus server (for example `http://prometheus.monitoring:9090`).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^http://"))]
+    pub address: String,
+    /// PromQL instant query returning one sample; `{{revision}}` is replaced by the revision hash.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+    /// The passing range of the result (inclusive).
+    pub threshold_range: ThresholdRange,
+    /// Seconds before the query times out (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// An inclusive range; an unset bound is open.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdRange {
+    /// Lowest passing value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest passing value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 /// Rolling update limits, as on a Deployment.

@@ -19,6 +19,9 @@ pub mod condition_type {
     pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
     /// The spec cannot be reconciled; the reason and message say why. Nothing is written until it changes.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Blue-green only: the active Service selects the revision of the current spec
+    /// (`kubectl wait --for=condition=Promoted`).
+    pub const PROMOTED: &str = "Promoted";
 
     /// Every type, in the order they appear in status.
     pub const ALL: [&str; 6] = [
@@ -39,6 +42,12 @@ pub enum Phase {
     Pending,
     /// A rollout is in progress.
     Progressing,
+    /// A blue-green rollout waits before promotion (`spec.paused`, or auto-promotion off).
+    Paused,
+    /// A blue-green rollout scales the new revision to full size and switches traffic to it.
+    Promoting,
+    /// A blue-green rollout was aborted by request; traffic stays on the active revision.
+    Aborted,
     /// Every desired pod is updated and available.
     Healthy,
     /// The rollout is stuck or pods are failing.
@@ -53,6 +62,9 @@ impl Phase {
         match self {
             Self::Pending => "Pending",
             Self::Progressing => "Progressing",
+            Self::Paused => "Paused",
+            Self::Promoting => "Promoting",
+            Self::Aborted => "Aborted",
             Self::Healthy => "Healthy",
             Self::Degraded => "Degraded",
             Self::Invalid => "Invalid",
@@ -97,6 +109,107 @@ pub struct MicroServiceStatus {
     #[schemars(length(max = 16))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// Blue-green rollout state (only with `strategy.type: BlueGreen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStatus>,
+}
+
+/// One revision: the hash of its pod template (its Deployment is `NAME-<hash>`) and its image.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRef {
+    /// Pod template hash.
+    pub hash: String,
+    /// Container image.
+    #[serde(default)]
+    pub image: String,
+}
+
+/// A recorded abort of one revision.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortRecord {
+    /// Hash of the aborted revision.
+    pub hash: String,
+    /// Why: `Requested`, `ProgressDeadlineExceeded`, `PrePromotionCheckFailed`, `PostPromotionCheckFailed`.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The `ferry.dev/retry` annotation when aborted; a new value retries the revision.
+    #[serde(default)]
+    pub retry_mark: String,
+}
+
+/// Where a check stands.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CheckVerdict {
+    /// More measurements are due.
+    #[default]
+    Running,
+    /// `count` measurements taken with no more than `failureLimit` failures.
+    Passed,
+    /// More than `failureLimit` measurements failed.
+    Failed,
+}
+
+/// Results of one check against one revision, kept inline.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// `PrePromotion` or `PostPromotion`.
+    pub stage: String,
+    /// The check's name.
+    pub name: String,
+    /// Hash of the revision it measured.
+    pub revision: String,
+    /// Verdict so far.
+    #[serde(default)]
+    pub verdict: CheckVerdict,
+    /// Measurements that passed.
+    #[serde(default)]
+    pub successes: i32,
+    /// Measurements that failed.
+    #[serde(default)]
+    pub failures: i32,
+    /// When the last measurement was taken (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_measured_at: Option<String>,
+    /// What the last measurement saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}
+
+/// Blue-green rollout state.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStatus {
+    /// The revision the active Service selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_revision: Option<RevisionRef>,
+    /// The revision of the current spec, while it is not active yet (the preview Service selects it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_revision: Option<RevisionRef>,
+    /// The revision traffic was switched away from last (kept up until the scale-down deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_revision: Option<RevisionRef>,
+    /// When the previous revision is scaled to zero (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_deadline: Option<String>,
+    /// When the rollout paused before promotion (RFC 3339; for `autoPromotionSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
+    /// When the rollout of the preview revision started (RFC 3339; the progress deadline counts
+    /// from it, or from a later retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// The last abort, if the current spec's revision is aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<AbortRecord>,
+    /// Pre- and post-promotion check results of the current rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub checks: Vec<CheckResult>,
 }
 
 impl MicroServiceStatus {

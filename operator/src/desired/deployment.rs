@@ -62,6 +62,58 @@ pub fn deployment(ms: &MicroService, inputs: &Inputs) -> Deployment {
 }
 
 /// Builds the pod template.
+/// The revision hash of a pod template: names the revision's Deployment (`NAME-<hash>`) and labels
+/// its pods. The replica count is not part of it, so scaling never makes a new revision.
+pub fn revision_hash(template: &PodTemplateSpec) -> String {
+    let mut hash = super::hash_of(template);
+    hash.truncate(crate::rollout::HASH_LEN);
+    hash
+}
+
+/// The Deployment of one blue-green revision: `NAME-<hash>`, selecting and labelling its pods with
+/// `ferry.dev/revision: <hash>`, annotated with its image and the spec it was built from.
+pub fn revision_deployment(
+    ms: &MicroService,
+    inputs: &Inputs,
+    template: &PodTemplateSpec,
+    hash: &str,
+    replicas: i32,
+) -> Deployment {
+    use crate::rollout::{IMAGE_ANNOTATION, REVISION_LABEL, SPEC_ANNOTATION, deployment_name};
+    let mut d = deployment(ms, inputs);
+    d.metadata.name = Some(deployment_name(&ms.name_any(), hash));
+    d.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_LABEL.into(), hash.into());
+    let mut spec_copy = ms.spec.clone();
+    spec_copy.replicas = None;
+    spec_copy.paused = None;
+    let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert(IMAGE_ANNOTATION.into(), ms.spec.image.clone());
+    annotations.insert(
+        SPEC_ANNOTATION.into(),
+        serde_json::to_string(&spec_copy).unwrap_or_default(),
+    );
+    if let Some(spec) = d.spec.as_mut() {
+        spec.replicas = Some(replicas);
+        spec.revision_history_limit = Some(1);
+        spec.selector
+            .match_labels
+            .get_or_insert_with(Default::default)
+            .insert(REVISION_LABEL.into(), hash.into());
+        let mut template = template.clone();
+        template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(REVISION_LABEL.into(), hash.into());
+        spec.template = template;
+    }
+    d
+}
+
 pub fn pod_template(ms: &MicroService, inputs: &Inputs) -> PodTemplateSpec {
     let spec = &ms.spec;
     let pod = spec.pod.clone().unwrap_or_default();

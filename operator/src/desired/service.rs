@@ -19,11 +19,30 @@ pub fn app_protocol(protocol: PortProtocol) -> Option<String> {
 
 /// Builds the ClusterIP Service.
 pub fn service(ms: &MicroService) -> Service {
+    service_selecting(ms, None, Default::default())
+}
+
+/// A Service named `NAME` (or `NAME-<suffix>`) selecting only the pods of revision `revision` (all
+/// of the MicroService's pods when `None`), with `annotations`.
+pub fn service_selecting(
+    ms: &MicroService,
+    revision: Option<(&str, &str)>,
+    annotations: std::collections::BTreeMap<String, String>,
+) -> Service {
+    let mut meta = child_meta(ms);
+    let mut selector = labels::selector_labels(ms);
+    if let Some((name, hash)) = revision {
+        meta.name = Some(name.to_string());
+        selector.insert(crate::rollout::REVISION_LABEL.into(), hash.into());
+    }
+    if !annotations.is_empty() {
+        meta.annotations = Some(annotations);
+    }
     Service {
-        metadata: child_meta(ms),
+        metadata: meta,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(labels::selector_labels(ms)),
+            selector: Some(selector),
             ports: Some(
                 ms.spec
                     .ports

@@ -108,6 +108,17 @@ pub struct ServerArgs {
     /// Seconds between config file (and key file) checks [default: 5].
     #[arg(long, env = "CONFIG_POLL_SECONDS")]
     pub config_poll_seconds: Option<u64>,
+    /// OTLP/gRPC collector for spans, e.g. `http://otel-collector:4317`; unset or empty = no
+    /// export (nothing is attempted). Needs a restart to change.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Per-client rate limit in calls per second, per JWT subject (or per peer IP without a
+    /// token); over it, calls get RESOURCE_EXHAUSTED. 0 = off [default: 0]. Reloadable.
+    #[arg(long, env = "RATE_LIMIT_PER_CLIENT")]
+    pub rate_limit_per_client: Option<f64>,
+    /// Burst a client may spend at once [default: one second's worth, at least 1]. Reloadable.
+    #[arg(long, env = "RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<f64>,
 }
 
 /// The config file. Every key is optional; unknown keys are an error (a typo must not pass
@@ -147,6 +158,12 @@ pub struct FileConfig {
     pub max_connection_age_seconds: Option<u64>,
     /// See [`ServerArgs::config_poll_seconds`].
     pub config_poll_seconds: Option<u64>,
+    /// See [`ServerArgs::otlp_endpoint`].
+    pub otlp_endpoint: Option<String>,
+    /// See [`ServerArgs::rate_limit_per_client`].
+    pub rate_limit_per_client: Option<f64>,
+    /// See [`ServerArgs::rate_limit_burst`].
+    pub rate_limit_burst: Option<f64>,
     /// Order service: inventory address.
     pub inventory_addr: Option<String>,
     /// Order service: file holding the bearer token sent to inventory.
@@ -218,6 +235,12 @@ pub struct ServerSettings {
     pub max_connection_age: Duration,
     /// Config poll interval.
     pub config_poll: Duration,
+    /// OTLP collector for spans; `None` = no export.
+    pub otlp_endpoint: Option<String>,
+    /// Per-client calls per second (0 = off).
+    pub rate_limit_per_client: f64,
+    /// Per-client burst.
+    pub rate_limit_burst: f64,
 }
 
 /// JWT verification settings.
@@ -296,7 +319,21 @@ impl ServerSettings {
                 reason: "must be > 0".into(),
             });
         }
+        let rate_limit_per_client = pick(args.rate_limit_per_client, file.rate_limit_per_client, 0.0);
+        if !rate_limit_per_client.is_finite() || rate_limit_per_client < 0.0 {
+            return Err(ConfigError::Invalid {
+                field: "rate_limit_per_client",
+                reason: "must be ≥ 0".into(),
+            });
+        }
+        let rate_limit_burst =
+            pick(args.rate_limit_burst, file.rate_limit_burst, rate_limit_per_client.max(1.0));
+        if !rate_limit_burst.is_finite() || rate_limit_burst < 1.0 {
+            return Err(ConfigError::Invalid { field: "rate_limit_burst", reason: "must be ≥ 1".into() });
+        }
         Ok(Self {
+            rate_limit_per_client,
+            rate_limit_burst,
             grpc_addr: pick(args.grpc_addr, file.grpc_addr, defaults.grpc_addr),
             metrics_addr: pick(args.metrics_addr, file.metrics_addr, defaults.metrics_addr),
             database_url,
@@ -316,6 +353,10 @@ impl ServerSettings {
             config_poll: Duration::from_secs(
                 pick(args.config_poll_seconds, file.config_poll_seconds, 5).max(1),
             ),
+            otlp_endpoint: crate::telemetry::otlp_endpoint(
+                args.otlp_endpoint.as_deref().or(file.otlp_endpoint.as_deref()),
+            )
+            .map(str::to_string),
         })
     }
 }
@@ -396,6 +437,36 @@ mod tests {
         assert_eq!(s.max_concurrent_requests, 7);
         assert_eq!(s.drain, Duration::from_secs(1));
         assert_eq!(s.shutdown_grace, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn otlp_export_is_off_unless_an_endpoint_is_given() {
+        let base = ServerArgs { auth_disabled: Some(true), ..Default::default() };
+        let off = ServerSettings::resolve(&base, &FileConfig::default(), DEFAULTS).unwrap();
+        assert_eq!(off.otlp_endpoint, None);
+        let blank = ServerArgs { otlp_endpoint: Some("  ".into()), ..base.clone() };
+        assert_eq!(
+            ServerSettings::resolve(&blank, &FileConfig::default(), DEFAULTS).unwrap().otlp_endpoint,
+            None
+        );
+        let file = FileConfig { otlp_endpoint: Some("http://file:4317".into()), ..Default::default() };
+        let on = ServerSettings::resolve(&base, &file, DEFAULTS).unwrap();
+        assert_eq!(on.otlp_endpoint.as_deref(), Some("http://file:4317"));
+        let flag = ServerArgs { otlp_endpoint: Some("http://flag:4317".into()), ..base };
+        let on = ServerSettings::resolve(&flag, &file, DEFAULTS).unwrap();
+        assert_eq!(on.otlp_endpoint.as_deref(), Some("http://flag:4317"));
+    }
+
+    #[test]
+    fn the_rate_limit_is_off_by_default_and_its_burst_defaults_to_one_second() {
+        let base = ServerArgs { auth_disabled: Some(true), ..Default::default() };
+        let off = ServerSettings::resolve(&base, &FileConfig::default(), DEFAULTS).unwrap();
+        assert_eq!((off.rate_limit_per_client, off.rate_limit_burst), (0.0, 1.0));
+        let file = FileConfig { rate_limit_per_client: Some(50.0), ..Default::default() };
+        let on = ServerSettings::resolve(&base, &file, DEFAULTS).unwrap();
+        assert_eq!((on.rate_limit_per_client, on.rate_limit_burst), (50.0, 50.0));
+        let bad = FileConfig { rate_limit_per_client: Some(-1.0), ..Default::default() };
+        assert!(ServerSettings::resolve(&base, &bad, DEFAULTS).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`auth`]: JWT bearer authentication with per-method scopes (tower layer).
 //! - [`metrics`]: go-grpc-prometheus server metrics (tower layer) and the registry encoder.
 //! - [`shed`]: concurrency limit with load shedding (`RESOURCE_EXHAUSTED`).
+//! - [`ratelimit`]: optional per-client token buckets (`RESOURCE_EXHAUSTED`).
 //! - [`telemetry`]: JSON logs with a reloadable filter, W3C `traceparent` propagation.
 //! - [`config`]: flags over env over a watched config file.
 //! - [`shutdown`]: SIGTERM drain sequence.
@@ -17,6 +18,7 @@ pub mod deadline;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod server;
 pub mod shed;
 pub mod shutdown;

@@ -12,14 +12,18 @@ use crate::{
     auth::{AuthLayer, AuthState},
     deadline::DeadlineLayer,
     metrics::{MetricsLayer, ServerMetrics},
+    ratelimit::{RateLimitLayer, RateLimiter},
     shed::{ConcurrencyLimit, LoadShedLayer},
     telemetry::TraceLayer,
 };
 
-/// Outermost first: trace context, metrics, load shedding, auth, deadline.
+/// Outermost first: trace context, metrics, load shedding, auth, per-client rate limit, deadline.
 pub type FerryStack = Stack<
     DeadlineLayer,
-    Stack<AuthLayer, Stack<LoadShedLayer, Stack<MetricsLayer, Stack<TraceLayer, Identity>>>>,
+    Stack<
+        RateLimitLayer,
+        Stack<AuthLayer, Stack<LoadShedLayer, Stack<MetricsLayer, Stack<TraceLayer, Identity>>>>,
+    >,
 >;
 
 /// The runtime-adjustable parts of the stack (swapped on config reload).
@@ -33,6 +37,10 @@ pub struct Plumbing {
     pub limit: Arc<ConcurrencyLimit>,
     /// Server-side per-call bound, ms.
     pub request_timeout_ms: Arc<AtomicU64>,
+    /// Per-client rate limit (off until [`RateLimiter::set`] or [`Plumbing::apply`] turns it on).
+    pub rate_limit: Arc<RateLimiter>,
+    /// `ferry_requests_rate_limited_total`.
+    pub rate_limited: prometheus_client::metrics::counter::Counter,
 }
 
 impl Plumbing {
@@ -43,6 +51,7 @@ impl Plumbing {
             .layer(MetricsLayer::new(self.metrics.clone()))
             .layer(LoadShedLayer::new(self.limit.clone(), self.metrics.clone()))
             .layer(AuthLayer::new(self.auth.clone()))
+            .layer(RateLimitLayer::new(self.rate_limit.clone(), self.rate_limited.clone()))
             .layer(DeadlineLayer::new(self.request_timeout_ms.clone()))
             .into_inner()
     }
@@ -85,7 +94,15 @@ impl Plumbing {
         max_concurrent_requests: usize,
         request_timeout: Duration,
     ) -> Self {
+        let rate_limited = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "ferry_requests_rate_limited",
+            "Calls refused with RESOURCE_EXHAUSTED by the per-client rate limit",
+            rate_limited.clone(),
+        );
         Self {
+            rate_limit: RateLimiter::new(0.0, 1.0),
+            rate_limited,
             metrics: Arc::new(ServerMetrics::register(registry)),
             auth: AuthState::new(auth),
             limit: ConcurrencyLimit::new(max_concurrent_requests),
@@ -108,6 +125,7 @@ impl Plumbing {
         log.set_level(&settings.log_level)?;
         self.auth.replace(auth);
         self.limit.set_max(settings.max_concurrent_requests);
+        self.rate_limit.set(settings.rate_limit_per_client, settings.rate_limit_burst);
         self.request_timeout_ms.store(
             u64::try_from(settings.request_timeout.as_millis()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,

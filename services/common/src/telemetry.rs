@@ -4,7 +4,11 @@
 //! Each gRPC call runs inside a `grpc` span carrying `trace_id`; the id comes from an inbound
 //! `traceparent` header or is generated. The order service passes it on to inventory with a
 //! fresh parent span id, so one order's log lines in both services share a trace id.
-//! NB: spans are not exported anywhere yet (no OTLP exporter is wired); see services/README.md.
+//!
+//! Spans are exported over OTLP (gRPC) when an endpoint is configured (`--otlp-endpoint` /
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`); otherwise no OpenTelemetry layer is installed at all, so
+//! nothing is exported or attempted. With export on, the `grpc` span is the OpenTelemetry
+//! span: its parent is the inbound `traceparent`, and the context passed downstream names it.
 
 use std::{
     fmt,
@@ -12,8 +16,17 @@ use std::{
 };
 
 use futures::future::BoxFuture;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{
+    Resource,
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider},
+};
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
 /// Parses a tracing filter such as `info` or `info,sqlx=warn`.
@@ -49,8 +62,94 @@ impl LogHandle {
     }
 }
 
-/// Installs the global subscriber. Returns a no-op handle if one is already installed.
+/// Installs the global subscriber without span export. Returns a no-op handle if one is
+/// already installed.
 pub fn init_logging(level: &str, json: bool) -> Result<LogHandle, String> {
+    init(level, json, None).map(|t| t.log)
+}
+
+/// Builds an OTLP/gRPC span pipeline sending to `endpoint` (e.g. `http://collector:4317`).
+/// The channel connects lazily and spans leave in batches from a background thread, so a
+/// collector that is down costs dropped spans, never a failed call. Must be called inside a
+/// tokio runtime (the exporter's channel is driven by it).
+pub fn tracer_provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("OTLP exporter for `{endpoint}`: {e}"))?;
+    // Batch settings come from the standard OTEL_BSP_* variables (default: every 5 s, queue
+    // of 2048 spans, dropped beyond that).
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(BatchConfigBuilder::default().build())
+        .build();
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service_name.to_string());
+    }
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build())
+}
+
+/// The tracing layer that turns spans into OpenTelemetry spans of `provider`.
+pub fn otel_layer<S>(provider: &SdkTracerProvider) -> OpenTelemetryLayer<S, SdkTracer>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer().with_tracer(provider.tracer("ferry")).with_tracked_inactivity(false)
+}
+
+/// The OTLP endpoint to use: `None` (export off) when unset or blank.
+pub fn otlp_endpoint(configured: Option<&str>) -> Option<&str> {
+    configured.map(str::trim).filter(|e| !e.is_empty())
+}
+
+/// The span pipeline for `(endpoint, service name)`, or `None` (nothing built, nothing ever
+/// attempted) when no endpoint is configured.
+pub fn exporter_for(otlp: Option<(&str, &str)>) -> Result<Option<SdkTracerProvider>, String> {
+    otlp.and_then(|(endpoint, service)| otlp_endpoint(Some(endpoint)).map(|e| (e, service)))
+        .map(|(endpoint, service)| tracer_provider(endpoint, service))
+        .transpose()
+}
+
+/// Logging plus, when exporting, the span pipeline. Call [`Telemetry::shutdown`] before the
+/// process exits so the last spans are flushed.
+pub struct Telemetry {
+    /// Changes the log filter at runtime.
+    pub log: LogHandle,
+    tracer: Option<SdkTracerProvider>,
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry").field("exporting", &self.exporting()).finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// Flushes and stops the exporter (no-op when not exporting). Runs the blocking flush
+    /// off the async threads, so the exporter's channel can still make progress.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.tracer {
+            match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("flushing spans at shutdown failed: {e}"),
+                Err(e) => eprintln!("flushing spans at shutdown panicked: {e}"),
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber: logs, and an OTLP span exporter when `otlp_endpoint` is
+/// set (none is built otherwise). If a subscriber is already installed, logging is left as
+/// it is and nothing is exported.
+pub fn init(level: &str, json: bool, otlp: Option<(&str, &str)>) -> Result<Telemetry, String> {
+    let tracer = exporter_for(otlp)?;
     let (filter, handle) = reload::Layer::new(parse_filter(level)?);
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
@@ -62,13 +161,19 @@ pub fn init_logging(level: &str, json: bool) -> Result<LogHandle, String> {
                     .with_span_list(false)
                     .with_target(true),
             )
+            .with(tracer.as_ref().map(otel_layer))
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry.with(tracing_subscriber::fmt::layer()).with(tracer.as_ref().map(otel_layer)).try_init()
     };
     match result {
-        Ok(()) => Ok(LogHandle { handle: Some(handle) }),
-        Err(_) => Ok(LogHandle::noop()),
+        Ok(()) => Ok(Telemetry { log: LogHandle { handle: Some(handle) }, tracer }),
+        Err(_) => {
+            if let Some(provider) = tracer {
+                let _ = provider.shutdown();
+            }
+            Ok(Telemetry { log: LogHandle::noop(), tracer: None })
+        }
     }
 }
 
@@ -163,10 +268,45 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let parent =
             req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
-        let ctx = parent.map(|p| p.child()).unwrap_or_else(TraceContext::generate);
-        let span = tracing::info_span!("grpc", trace_id = %ctx.trace_id_hex(), method = req.uri().path());
+        let span = tracing::info_span!(
+            "grpc",
+            trace_id = tracing::field::Empty,
+            method = req.uri().path(),
+            otel.kind = "server",
+            otel.name = req.uri().path().trim_start_matches('/'),
+        );
+        let ctx = span_context(&span, parent);
+        span.record("trace_id", tracing::field::display(ctx.trace_id_hex()));
         req.extensions_mut().insert(ctx);
         Box::pin(self.inner.call(req).instrument(span))
+    }
+}
+
+/// The context of this server's span for `span`. When OpenTelemetry export is on, the span is
+/// made a child of the inbound `parent` and its own ids are returned; otherwise a child of
+/// `parent` (or a new root) is made up with the same rules.
+fn span_context(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    if let Some(p) = parent {
+        let remote = SpanContext::new(
+            TraceId::from(p.trace_id),
+            SpanId::from(p.span_id),
+            if p.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() },
+            true,
+            TraceState::default(),
+        );
+        // Fails only when no OpenTelemetry layer is installed: then there is nothing to parent.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let otel = span.context();
+    let own = otel.span().span_context().clone();
+    if own.is_valid() {
+        TraceContext {
+            trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+            sampled: own.is_sampled(),
+        }
+    } else {
+        parent.map(|p| p.child()).unwrap_or_else(TraceContext::generate)
     }
 }
 
@@ -191,6 +331,20 @@ mod tests {
         ] {
             assert_eq!(TraceContext::parse(v), None, "{v}");
         }
+    }
+
+    #[test]
+    fn no_exporter_is_built_without_an_endpoint() {
+        assert!(exporter_for(None).expect("no endpoint is not an error").is_none());
+        assert!(exporter_for(Some(("  ", "svc"))).expect("a blank endpoint is not an error").is_none());
+    }
+
+    #[test]
+    fn without_export_the_server_span_continues_the_inbound_trace() {
+        let parent = TraceContext::generate();
+        let ctx = span_context(&tracing::info_span!("grpc"), Some(parent));
+        assert_eq!(ctx.trace_id, parent.trace_id);
+        assert_ne!(ctx.span_id, parent.span_id);
     }
 
     #[test]

@@ -188,8 +188,9 @@ impl InventoryClient {
             {
                 request.metadata_mut().insert("authorization", v);
             }
+            // The parent id sent on is this server's span (the one the trace layer made).
             if let Some(ctx) = trace
-                && let Ok(v) = ctx.child().header_value().parse()
+                && let Ok(v) = ctx.header_value().parse()
             {
                 request.metadata_mut().insert("traceparent", v);
             }

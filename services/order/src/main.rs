@@ -110,7 +110,16 @@ async fn main() -> anyhow::Result<()> {
     let file = FileConfig::load_optional(cli.server.config_file.as_deref())?;
     let settings = ServerSettings::resolve(&cli.server, &file, DEFAULTS)?;
     let client = client_settings(&cli.inventory, &file)?;
-    let log = telemetry::init_logging(&settings.log_level, settings.log_json).map_err(anyhow::Error::msg)?;
+    let telemetry = telemetry::init(
+        &settings.log_level,
+        settings.log_json,
+        settings.otlp_endpoint.as_deref().map(|e| (e, "order-service")),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        tracing::info!(%endpoint, "exporting spans over OTLP");
+    }
+    let log = telemetry.log.clone();
     let scopes = app::scopes();
     let auth = authenticator(settings.auth.as_ref(), &scopes)?;
     if auth.is_none() {
@@ -145,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
+    running.plumbing.rate_limit.set(settings.rate_limit_per_client, settings.rate_limit_burst);
     tracing::info!(%inventory_addr, "inventory client configured");
 
     if let Some(path) = cli.server.config_file.clone() {
@@ -166,7 +176,9 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
-    let stopped = running.task.await??;
+    let stopped = running.task.await;
     tracing::info!(?stopped, "exiting");
+    telemetry.shutdown().await;
+    stopped??;
     Ok(())
 }

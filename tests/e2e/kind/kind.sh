@@ -33,12 +33,18 @@ up)
   "$KIND" get kubeconfig --name "$NAME" >"$KUBECONFIG_OUT"
   echo "export KUBECONFIG=$KUBECONFIG_OUT"
   ;;
+load)
+  # The images `make images` built, so kind runs the artifacts we test.
+  for image in operator order-service inventory-service; do
+    "$(kind_bin)" load docker-image --name "$NAME" "ferry/$image:${IMAGE_TAG:-dev}"
+  done
+  ;;
 down)
   "$(kind_bin)" delete cluster --name "$NAME"
   rm -f "$KUBECONFIG_OUT"
   ;;
 *)
-  echo "usage: $0 up|down" >&2
+  echo "usage: $0 up|load|down" >&2
   exit 2
   ;;
 esac

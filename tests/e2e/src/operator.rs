@@ -36,15 +36,12 @@ impl OperatorProcess {
         let err = file
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
-        let child = Command::new(&bin)
-            .args([
-                "--namespace",
-                namespace,
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
+        let mut command = Command::new(&bin);
+        command.args(["--namespace", namespace, "--log-format", "json"]);
+        if !extra_args.contains(&"--metrics-addr") {
+            command.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let child = command
             .args(extra_args)
             .env("RUST_LOG", "info,ferry_operator=debug")
             .stdin(Stdio::null())
@@ -65,6 +62,11 @@ impl OperatorProcess {
     /// Kills the process at once (SIGKILL), as a crash or node loss would.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The log so far.
