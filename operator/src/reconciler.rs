@@ -363,6 +363,24 @@ pub async fn reconcile(ms: Arc<MicroService>, ctx: Arc<Context>) -> Result<Actio
     result
 }
 
+/// How long a reconcile waits for the child caches before it requeues itself.
+const CACHE_WAIT: Duration = Duration::from_millis(500);
+/// When a reconcile that found the caches still filling runs again.
+const CACHE_RETRY: Duration = Duration::from_millis(200);
+
+/// Whether the Deployment and Service caches hold their first full list, waiting at most
+/// [`CACHE_WAIT`].
+async fn caches_ready(ctx: &Context) -> Result<bool> {
+    let both = async {
+        ctx.stores.deployments.wait_until_ready().await?;
+        ctx.stores.services.wait_until_ready().await
+    };
+    match tokio::time::timeout(CACHE_WAIT, both).await {
+        Ok(ready) => ready.map(|()| true).map_err(Error::CacheNotReadyError),
+        Err(_elapsed) => Ok(false),
+    }
+}
+
 async fn reconcile_inner(
     ms: &MicroService,
     ctx: &Context,
@@ -371,17 +389,12 @@ async fn reconcile_inner(
     ms_api: &Api<MicroService>,
 ) -> Result<Action> {
     // NB: decisions read the child caches; right after a (re)start they may still be filling, and an
-    // empty cache would look like "no Service yet" (a blue-green rollout would start over).
-    ctx.stores
-        .deployments
-        .wait_until_ready()
-        .await
-        .map_err(Error::CacheNotReadyError)?;
-    ctx.stores
-        .services
-        .wait_until_ready()
-        .await
-        .map_err(Error::CacheNotReadyError)?;
+    // empty cache would look like "no Service yet" (a blue-green rollout would start over). The wait
+    // is bounded and retried by a requeue: an unbounded `wait_until_ready` was seen to miss its
+    // wake-up when the store became ready at that very moment, parking the reconcile forever.
+    if !caches_ready(ctx).await? {
+        return Ok(Action::requeue(CACHE_RETRY));
+    }
     let client = ctx.client.clone();
     let observed_deployment = lookup(&ctx.stores.deployments, ns, name);
     let deployment_view = observed_deployment

@@ -181,6 +181,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     outcome
 }
 
+/// The field manager of one replica's Lease writes (at most 128 characters, as the API requires).
+fn lease_field_manager(identity: &str) -> String {
+    let manager = format!("{}-lease-{identity}", crate::FIELD_MANAGER);
+    manager.chars().take(128).collect()
+}
+
 async fn run_with_lease(
     options: &Options,
     client: Client,
@@ -194,12 +200,25 @@ async fn run_with_lease(
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
+    // LeaseParams::new panics on these; a bad flag must be an error, not a crash.
+    if options.lease_grace_seconds == 0
+        || options.lease_grace_seconds >= options.lease_duration_seconds
+    {
+        anyhow::bail!(
+            "--lease-grace ({}) must be at least 1 and less than --lease-duration ({})",
+            options.lease_grace_seconds,
+            options.lease_duration_seconds
+        );
+    }
+    // NB: the field manager must differ per replica. Taking the lease is a server-side apply
+    // without force, so a second replica's apply conflicts on holderIdentity only when it is a
+    // different manager; with one shared manager both replicas "won" and both led.
     let params = LeaseParams::new(
         options.identity.clone(),
         options.lease_duration_seconds,
         options.lease_grace_seconds,
     )
-    .with_field_manager(format!("{}-lease", crate::FIELD_MANAGER));
+    .with_field_manager(lease_field_manager(&options.identity));
     let manager = LeaseManagerBuilder::new(client.clone(), options.lease_name.clone())
         .with_namespace(namespace.clone())
         .with_parameters(params)
@@ -298,6 +317,17 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[test]
+    fn each_replica_writes_the_lease_under_its_own_field_manager() {
+        let a = lease_field_manager("op-a");
+        let b = lease_field_manager("op-b");
+        assert_ne!(
+            a, b,
+            "a shared manager lets two replicas both take the lease"
+        );
+        assert!(lease_field_manager(&"x".repeat(300)).chars().count() <= 128);
+    }
 
     async fn get(app: Router, path: &str) -> (StatusCode, String) {
         let response = app

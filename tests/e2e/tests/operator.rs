@@ -517,11 +517,17 @@ async fn two_operators_elect_one_leader_and_the_standby_takes_over_after_a_crash
             .expect("create");
         ctx.wait_for_condition("one", "Available", "True").await;
 
-        let (leader, standby_id) = if first == "op-a" {
-            (&mut a, "op-b")
+        let (leader, standby, standby_id) = if first == "op-a" {
+            (&mut a, &b, "op-b")
         } else {
-            (&mut b, "op-a")
+            (&mut b, &a, "op-a")
         };
+        // One leader at a time: the standby never started its controller.
+        assert!(
+            !standby.log_text().contains("elected leader"),
+            "both replicas led at once:\n{}",
+            standby.log_text()
+        );
         leader.kill().await;
         let killed = Instant::now();
         let second = wait_until("the standby to take the lease", DEFAULT_TIMEOUT, || async {
