@@ -204,12 +204,10 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     let peak_rss_kib = rss_kib(pid, "VmHWM");
 
     let mut idle_by_verb = BTreeMap::new();
-    for ((verb, resource, _code), v) in &idle_end_api {
+    for (key, v) in &idle_end_api {
+        let (verb, resource, _) = key;
         if MANAGED.contains(&resource.as_str()) {
-            let d = v - idle_start_api
-                .get(&(verb.clone(), resource.clone(), _code.clone()))
-                .copied()
-                .unwrap_or(0.0);
+            let d = v - idle_start_api.get(key).copied().unwrap_or(0.0);
             if d > 0.0 {
                 *idle_by_verb
                     .entry(format!("{verb} {resource}"))
