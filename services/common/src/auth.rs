@@ -7,11 +7,12 @@
 //! Health and reflection stay open.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     path::Path,
     sync::{Arc, RwLock},
     task::{Context, Poll},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use futures::future::BoxFuture;
@@ -137,11 +138,25 @@ impl ScopeTable {
     }
 }
 
+/// Verified tokens an [`Authenticator`] remembers (most distinct tokens in its cache).
+pub const VERIFIED_CACHE_CAPACITY: usize = 4096;
+
 /// Verifies bearer tokens against one key.
+///
+/// A token that verified (signature, algorithm, required claims, not expired) is remembered,
+/// keyed by the exact token string, so a client that sends the same token on every call pays
+/// for the signature check and the JSON decode once. Every later call still checks the
+/// token's expiry against the clock (with the same leeway) and the method's scope. Only
+/// tokens that verified are remembered; the cache belongs to this authenticator, so loading
+/// new keys (a new [`Authenticator`] in [`AuthState`]) starts with an empty cache and every
+/// token is verified against the new key. The cache holds at most
+/// [`VERIFIED_CACHE_CAPACITY`] tokens: when full, expired entries are dropped, and if that
+/// frees nothing the cache starts over.
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
     scopes: ScopeTable,
+    verified: RwLock<HashMap<Box<str>, Arc<Claims>>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -175,7 +190,7 @@ impl Authenticator {
         validation.leeway = 30;
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
-        Ok(Self { key, validation, scopes })
+        Ok(Self { key, validation, scopes, verified: RwLock::new(HashMap::new()) })
     }
 
     /// From a key file (HS256: the file holds the secret; RS256/ES256: a PEM public key).
@@ -187,6 +202,16 @@ impl Authenticator {
 
     /// Decides whether a call to `path` with this `authorization` header may proceed.
     pub fn authorize(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Claims>, AuthError> {
+        self.authorize_at(path, authorization, unix_now())
+    }
+
+    /// [`Authenticator::authorize`] with the clock (Unix seconds) as an argument.
+    pub fn authorize_at(
+        &self,
+        path: &str,
+        authorization: Option<&[u8]>,
+        now: u64,
+    ) -> Result<Option<Claims>, AuthError> {
         if is_open_path(path) {
             return Ok(None);
         }
@@ -198,6 +223,26 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MalformedToken)?;
+        let claims = self.verify(token, now)?;
+        let required =
+            self.scopes.required(path).ok_or_else(|| AuthError::UnknownMethod(path.to_string()))?;
+        if !claims.has_scope(required) {
+            return Err(AuthError::MissingScope(required.to_string()));
+        }
+        Ok(Some(Claims::clone(&claims)))
+    }
+
+    /// The token's claims if it verifies now: from the cache when this exact token verified
+    /// before (its expiry checked again), else by full verification.
+    fn verify(&self, token: &str, now: u64) -> Result<Arc<Claims>, AuthError> {
+        let cached = self.verified.read().unwrap_or_else(|p| p.into_inner()).get(token).cloned();
+        if let Some(claims) = cached {
+            if self.expired(&claims, now) {
+                self.verified.write().unwrap_or_else(|p| p.into_inner()).remove(token);
+                return Err(AuthError::Expired);
+            }
+            return Ok(claims);
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -207,13 +252,35 @@ impl Authenticator {
                 _ => AuthError::Invalid(e.to_string()),
             })?
             .claims;
-        let required =
-            self.scopes.required(path).ok_or_else(|| AuthError::UnknownMethod(path.to_string()))?;
-        if !claims.has_scope(required) {
-            return Err(AuthError::MissingScope(required.to_string()));
+        // jsonwebtoken read its own clock; hold the token to the caller's too.
+        if self.expired(&claims, now) {
+            return Err(AuthError::Expired);
         }
-        Ok(Some(claims))
+        let claims = Arc::new(claims);
+        let mut cache = self.verified.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_CACHE_CAPACITY {
+            cache.retain(|_, c| !self.expired(c, now));
+            if cache.len() >= VERIFIED_CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), claims.clone());
+        Ok(claims)
     }
+
+    /// jsonwebtoken's rule: expired when `exp < now - leeway`.
+    fn expired(&self, claims: &Claims, now: u64) -> bool {
+        claims.exp < now.saturating_sub(self.validation.leeway)
+    }
+
+    /// Tokens remembered as verified (for tests and metrics).
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
@@ -392,6 +459,71 @@ mod tests {
         let t = token(b"sekrit", "inventory:write", 60);
         let err = auth().authorize("/x.Y/Z", Some(&bearer(&t))).unwrap_err();
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_it_expires() {
+        let a = auth();
+        let t = token(b"sekrit", "inventory:write", 60);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(a.authorize_at(PATH, Some(&bearer(&t)), now).unwrap().is_some());
+        assert_eq!(a.cached_tokens(), 1);
+        // Within the 30 s leeway after `exp` it still passes; beyond it, it is expired.
+        assert!(a.authorize_at(PATH, Some(&bearer(&t)), now + 60 + 30).unwrap().is_some());
+        assert_eq!(a.authorize_at(PATH, Some(&bearer(&t)), now + 60 + 31), Err(AuthError::Expired));
+        assert_eq!(a.cached_tokens(), 0, "an expired token leaves the cache");
+    }
+
+    #[test]
+    fn a_cached_token_still_needs_the_scope_of_each_method() {
+        let a = Authenticator::from_key_bytes(
+            Algorithm::HS256,
+            b"sekrit",
+            ScopeTable::new([(PATH, "inventory:write"), ("/x.Y/Read", "inventory:read")]),
+        )
+        .unwrap();
+        let t = token(b"sekrit", "inventory:read", 60);
+        assert!(a.authorize("/x.Y/Read", Some(&bearer(&t))).unwrap().is_some());
+        let err = a.authorize(PATH, Some(&bearer(&t))).unwrap_err();
+        assert_eq!(err, AuthError::MissingScope("inventory:write".into()));
+    }
+
+    #[test]
+    fn failed_tokens_are_not_cached_and_stay_refused() {
+        let a = auth();
+        let bad = token(b"other", "inventory:write", 60);
+        for _ in 0..3 {
+            assert!(matches!(a.authorize(PATH, Some(&bearer(&bad))), Err(AuthError::Invalid(_))));
+        }
+        let expired = token(b"sekrit", "inventory:write", -3600);
+        assert_eq!(a.authorize(PATH, Some(&bearer(&expired))), Err(AuthError::Expired));
+        assert_eq!(a.cached_tokens(), 0);
+    }
+
+    #[test]
+    fn a_token_verified_under_the_old_key_is_verified_again_after_a_key_reload() {
+        let state = AuthState::new(Some(auth()));
+        let t = token(b"sekrit", "inventory:write", 60);
+        assert!(state.current().unwrap().authorize(PATH, Some(&bearer(&t))).is_ok());
+        let rotated = Authenticator::from_key_bytes(
+            Algorithm::HS256,
+            b"rotated",
+            ScopeTable::new([(PATH, "inventory:write")]),
+        )
+        .unwrap();
+        state.replace(Some(rotated));
+        let err = state.current().unwrap().authorize(PATH, Some(&bearer(&t))).unwrap_err();
+        assert!(matches!(err, AuthError::Invalid(_)), "{err:?}");
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let a = auth();
+        for i in 0..(VERIFIED_CACHE_CAPACITY + 10) {
+            let t = token(b"sekrit", &format!("inventory:write s{i}"), 60);
+            assert!(a.authorize(PATH, Some(&bearer(&t))).is_ok());
+        }
+        assert!(a.cached_tokens() <= VERIFIED_CACHE_CAPACITY);
     }
 
     #[test]
