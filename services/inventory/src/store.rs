@@ -9,6 +9,7 @@
 //!   the same id cannot both commit; a replay returns the recorded result;
 //! - a reused id with a different payload is rejected ([`StoreError::RequestIdReused`]).
 
+mod batch;
 pub mod postgres;
 pub mod sqlite;
 

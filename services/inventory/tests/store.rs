@@ -174,6 +174,37 @@ async fn restock_refuses_to_exceed_the_maximum(store: Arc<dyn InventoryStore>) {
     assert_eq!(err, Err(StoreError::WouldOverflow("a".into())));
 }
 
+async fn concurrent_good_and_bad_deductions_are_answered_each_on_their_own(store: Arc<dyn InventoryStore>) {
+    set(&*store, "a", 1000).await;
+    store.deduct(&deduct("taken", "a", 1)).await.unwrap();
+    // Racing calls land in shared batches; each must get its own answer.
+    let calls = (0..120).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let cmd = match i % 4 {
+                0 | 1 => deduct(&format!("ok{i}"), "a", 1),
+                2 => deduct(&format!("missing{i}"), "nope", 1),
+                _ => deduct("taken", "a", 2),
+            };
+            (i % 4, store.deduct(&cmd).await)
+        })
+    });
+    let mut executed = 0;
+    for r in futures::future::join_all(calls).await {
+        match r.unwrap() {
+            (0 | 1, Ok(d)) => {
+                assert!(!d.replayed);
+                executed += 1;
+            }
+            (2, Err(StoreError::NotFound(s))) => assert_eq!(s, "nope"),
+            (3, Err(StoreError::RequestIdReused(id))) => assert_eq!(id, "taken"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(executed, 60);
+    assert_eq!(store.get(&sku("a")).await.unwrap(), 1000 - 1 - 60);
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -213,6 +244,7 @@ contract!(
     release_before_the_deduction_blocks_a_late_deduction,
     replay_after_stock_ran_out_answers_the_original_result,
     restock_refuses_to_exceed_the_maximum,
+    concurrent_good_and_bad_deductions_are_answered_each_on_their_own,
 );
 
 #[tokio::test]

@@ -2,7 +2,9 @@
 //!
 //! NB: SQLite has one writer at a time. All writes go through a pool of exactly one
 //! connection, so writers queue in the application instead of failing with SQLITE_BUSY;
-//! reads use a separate pool and never block on writers (WAL).
+//! reads use a separate pool and never block on writers (WAL). Deductions go through a
+//! [`Lane`]: the writer runs every deduction that queued up while it was busy in one
+//! transaction (group commit), answering each caller after the commit.
 
 use std::str::FromStr;
 
@@ -13,13 +15,18 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{Deducted, InventoryStore, Released, RequestRecord, StoreError, StoreOptions, now_ms};
+use super::{
+    Deducted, InventoryStore, Released, RequestRecord, StoreError, StoreOptions,
+    batch::{Lane, Outcome},
+    now_ms,
+};
 
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    deductions: Lane,
 }
 
 impl SqliteStore {
@@ -49,22 +56,100 @@ impl SqliteStore {
             .acquire_timeout(opts.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let deductions = {
+            let writer = writer.clone();
+            Lane::spawn(move |cmds| deduct_batch(writer.clone(), cmds))
+        };
+        Ok(Self { writer, reader, deductions })
     }
+}
 
-    async fn record(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let row =
-            sqlx::query("SELECT sku, quantity, state, remaining FROM stock_requests WHERE request_id = ?")
-                .bind(request_id)
-                .fetch_optional(&self.writer)
-                .await?;
-        Ok(row.map(|r| RequestRecord {
-            sku: r.get(0),
-            quantity: r.get(1),
-            state: r.get(2),
-            remaining: r.get(3),
-        }))
+/// Runs a batch of deductions in one transaction on the writer connection; if that
+/// transaction fails as a whole, runs each deduction in its own transaction instead.
+async fn deduct_batch(writer: SqlitePool, cmds: Vec<DeductStock>) -> Vec<Outcome> {
+    match deduct_in_one_transaction(&writer, &cmds).await {
+        Ok(outcomes) => outcomes,
+        Err(err) if cmds.len() == 1 => vec![Err(err)],
+        Err(err) => {
+            tracing::debug!(error = %err, batch = cmds.len(), "batch failed; deducting one by one");
+            let mut outcomes = Vec::with_capacity(cmds.len());
+            for cmd in &cmds {
+                let one = deduct_in_one_transaction(&writer, std::slice::from_ref(cmd)).await;
+                outcomes.push(one.and_then(|mut o| o.pop().unwrap_or_else(|| Err(lost()))));
+            }
+            outcomes
+        }
     }
+}
+
+fn lost() -> StoreError {
+    StoreError::Internal("a deduction produced no outcome".into())
+}
+
+/// One transaction; per deduction, in order: the guarded decrement, which only applies when
+/// the request_id has no record yet (the writer is the only connection that writes, so the
+/// check and the decrement cannot race), then the idempotency record. A deduction that does
+/// not apply writes nothing and answers from the record (replay, reused id, released) or from
+/// the stock row (unknown sku, insufficient stock). `Err` = nothing of the batch committed.
+async fn deduct_in_one_transaction(
+    writer: &SqlitePool,
+    cmds: &[DeductStock],
+) -> Result<Vec<Outcome>, StoreError> {
+    let now = now_ms();
+    let mut tx = writer.begin().await?;
+    let mut outcomes = Vec::with_capacity(cmds.len());
+    for cmd in cmds {
+        let (rid, sku, qty) = (cmd.request_id.as_str(), cmd.sku.as_str(), cmd.quantity.get());
+        let updated: Option<i64> = sqlx::query_scalar(
+            "UPDATE stock SET quantity = quantity - ?1, updated_at_ms = ?2 \
+             WHERE sku = ?3 AND quantity >= ?1 \
+             AND NOT EXISTS (SELECT 1 FROM stock_requests WHERE request_id = ?4) \
+             RETURNING quantity",
+        )
+        .bind(qty)
+        .bind(now)
+        .bind(sku)
+        .bind(rid)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(remaining) = updated {
+            sqlx::query(
+                "INSERT INTO stock_requests (request_id, sku, quantity, state, remaining, created_at_ms) \
+                 VALUES (?, ?, ?, 'deducted', ?, ?)",
+            )
+            .bind(rid)
+            .bind(sku)
+            .bind(qty)
+            .bind(remaining)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            outcomes.push(Ok(Deducted { remaining, replayed: false }));
+            continue;
+        }
+        // Nothing changed. A known id answers from its record, even when stock ran out since.
+        if let Some(rec) = record(&mut tx, rid).await? {
+            outcomes.push(rec.replay_deduct(cmd));
+            continue;
+        }
+        outcomes.push(Err(match current_quantity(&mut tx, sku).await? {
+            None => StoreError::NotFound(sku.to_string()),
+            Some(available) => StoreError::Insufficient { sku: sku.to_string(), requested: qty, available },
+        }));
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn record(
+    tx: &mut sqlx::SqliteConnection,
+    request_id: &str,
+) -> Result<Option<RequestRecord>, sqlx::Error> {
+    let row = sqlx::query("SELECT sku, quantity, state, remaining FROM stock_requests WHERE request_id = ?")
+        .bind(request_id)
+        .fetch_optional(tx)
+        .await?;
+    Ok(row.map(|r| RequestRecord { sku: r.get(0), quantity: r.get(1), state: r.get(2), remaining: r.get(3) }))
 }
 
 async fn current_quantity(tx: &mut sqlx::SqliteConnection, sku: &str) -> Result<Option<i64>, sqlx::Error> {
@@ -74,56 +159,7 @@ async fn current_quantity(tx: &mut sqlx::SqliteConnection, sku: &str) -> Result<
 #[async_trait]
 impl InventoryStore for SqliteStore {
     async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
-        let (rid, sku, qty, now) = (cmd.request_id.as_str(), cmd.sku.as_str(), cmd.quantity.get(), now_ms());
-        let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE stock SET quantity = quantity - ?1, updated_at_ms = ?2 \
-             WHERE sku = ?3 AND quantity >= ?1 RETURNING quantity",
-        )
-        .bind(qty)
-        .bind(now)
-        .bind(sku)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = updated else {
-            let available: Option<i64> = sqlx::query_scalar("SELECT quantity FROM stock WHERE sku = ?")
-                .bind(sku)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            // A replay of an earlier success must answer as before even when stock ran out since.
-            if let Some(rec) = self.record(rid).await? {
-                return rec.replay_deduct(cmd);
-            }
-            return Err(match available {
-                None => StoreError::NotFound(sku.to_string()),
-                Some(available) => {
-                    StoreError::Insufficient { sku: sku.to_string(), requested: qty, available }
-                }
-            });
-        };
-        let remaining: i64 = row.get(0);
-        let inserted = sqlx::query(
-            "INSERT INTO stock_requests (request_id, sku, quantity, state, remaining, created_at_ms) \
-             VALUES (?, ?, ?, 'deducted', ?, ?) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(rid)
-        .bind(sku)
-        .bind(qty)
-        .bind(remaining)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            let rec = self.record(rid).await?.ok_or_else(|| {
-                StoreError::Internal(format!("request `{rid}` conflicted but has no record"))
-            })?;
-            return rec.replay_deduct(cmd);
-        }
-        tx.commit().await?;
-        Ok(Deducted { remaining, replayed: false })
+        self.deductions.deduct(cmd).await
     }
 
     async fn release(&self, cmd: &ReleaseStock) -> Result<Released, StoreError> {
@@ -227,5 +263,86 @@ impl InventoryStore for SqliteStore {
 
     async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use ferry_proto::domain::{Quantity, RequestId, StockLevel};
+
+    use super::*;
+
+    fn deduct(id: &str, sku: &str, q: i64) -> DeductStock {
+        DeductStock {
+            request_id: RequestId::parse("r", id).unwrap(),
+            sku: Sku::parse("sku", sku).unwrap(),
+            quantity: Quantity::parse("q", q).unwrap(),
+        }
+    }
+
+    async fn store() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
+        let store = SqliteStore::connect(&StoreOptions::new(url)).await.unwrap();
+        for (sku, q) in [("a", 5), ("b", 1)] {
+            let cmd = SetStock {
+                sku: Sku::parse("sku", sku).unwrap(),
+                quantity: StockLevel::parse("q", q).unwrap(),
+            };
+            store.set(&cmd).await.unwrap();
+        }
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn one_batch_answers_every_request_on_its_own() {
+        let (store, _dir) = store().await;
+        store.deduct(&deduct("old", "a", 1)).await.unwrap();
+        let batch = vec![
+            deduct("r1", "a", 2),
+            deduct("r1", "a", 2),    // the same id again in the same batch: a replay
+            deduct("r2", "nope", 1), // unknown sku
+            deduct("r3", "b", 2),    // not enough stock
+            deduct("old", "a", 3),   // a known id with another payload
+            deduct("old", "a", 1),   // a replay of an earlier batch
+            deduct("r4", "a", 2),    // takes the last units
+            deduct("r5", "a", 1),    // nothing left
+        ];
+        let outcomes = deduct_batch(store.writer.clone(), batch).await;
+        assert_eq!(
+            outcomes,
+            vec![
+                Ok(Deducted { remaining: 2, replayed: false }),
+                Ok(Deducted { remaining: 2, replayed: true }),
+                Err(StoreError::NotFound("nope".into())),
+                Err(StoreError::Insufficient { sku: "b".into(), requested: 2, available: 1 }),
+                Err(StoreError::RequestIdReused("old".into())),
+                Ok(Deducted { remaining: 4, replayed: true }),
+                Ok(Deducted { remaining: 0, replayed: false }),
+                Err(StoreError::Insufficient { sku: "a".into(), requested: 1, available: 0 }),
+            ]
+        );
+        assert_eq!(store.get(&Sku::parse("sku", "a").unwrap()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_breaks_the_batch_transaction_does_not_fail_the_others() {
+        let (store, _dir) = store().await;
+        sqlx::query(
+            "CREATE TRIGGER poison BEFORE INSERT ON stock_requests WHEN NEW.request_id = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let batch = vec![deduct("r1", "a", 1), deduct("poison", "a", 1), deduct("r2", "a", 1)];
+        let outcomes = deduct_batch(store.writer.clone(), batch).await;
+        assert_eq!(outcomes[0], Ok(Deducted { remaining: 4, replayed: false }));
+        assert!(matches!(outcomes[1], Err(StoreError::Internal(_))), "{:?}", outcomes[1]);
+        assert_eq!(outcomes[2], Ok(Deducted { remaining: 3, replayed: false }));
+        // The poisoned deduction left nothing behind.
+        assert_eq!(store.get(&Sku::parse("sku", "a").unwrap()).await.unwrap(), 3);
     }
 }
