@@ -1,5 +1,6 @@
 //! Server plumbing shared by the Ferry gRPC services.
 //!
+//! - [`app`]: the server wiring both services share ([`app::start`]).
 //! - [`auth`]: JWT bearer authentication with per-method scopes (tower layer).
 //! - [`metrics`]: go-grpc-prometheus server metrics (tower layer) and the registry encoder.
 //! - [`shed`]: concurrency limit with load shedding (`RESOURCE_EXHAUSTED`).
@@ -12,6 +13,7 @@
 //! - [`server`]: the layer stack and tonic transport settings.
 //! - [`health`]: drives `grpc.health.v1` and readiness from the database probe.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod deadline;

@@ -1,16 +1,15 @@
 //! `inventory-service`: see `--help`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use clap::Parser;
 use ferry_service_common::{
     config::{Defaults, FileConfig, ServerArgs, ServerSettings, watch_files},
     server::authenticator,
-    shutdown::{self, DrainTimings},
-    telemetry,
+    shutdown, telemetry,
 };
 use inventory_service::{
-    app::{self, ServeOptions},
+    app,
     store::{self, StoreOptions},
 };
 
@@ -60,21 +59,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let shutdown = shutdown::on_signals();
-    let running = app::start(
-        store,
-        ServeOptions {
-            grpc_addr: settings.grpc_addr,
-            http_addr: settings.metrics_addr,
-            auth,
-            max_concurrent_requests: settings.max_concurrent_requests,
-            request_timeout: settings.request_timeout,
-            drain: DrainTimings { drain: settings.drain, grace: settings.shutdown_grace },
-            max_connection_age: settings.max_connection_age,
-            health_probe_interval: Duration::from_secs(2),
-            shutdown: shutdown.clone(),
-        },
-    )
-    .await?;
+    let running = app::start(store, settings.serve_options(auth, shutdown.clone())).await?;
     running.plumbing.rate_limit.set(settings.rate_limit_per_client, settings.rate_limit_burst);
 
     if let Some(path) = cli.server.config_file.clone() {

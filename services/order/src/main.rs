@@ -6,8 +6,7 @@ use clap::Parser;
 use ferry_service_common::{
     config::{ConfigError, Defaults, FileConfig, ServerArgs, ServerSettings, pick, watch_files},
     server::authenticator,
-    shutdown::{self, DrainTimings},
-    telemetry,
+    shutdown, telemetry,
 };
 use order_service::{
     app::{self, ServeOptions},
@@ -139,18 +138,10 @@ async fn main() -> anyhow::Result<()> {
     let running = app::start(
         store,
         ServeOptions {
-            grpc_addr: settings.grpc_addr,
-            http_addr: settings.metrics_addr,
-            auth,
-            max_concurrent_requests: settings.max_concurrent_requests,
-            request_timeout: settings.request_timeout,
-            drain: DrainTimings { drain: settings.drain, grace: settings.shutdown_grace },
-            max_connection_age: settings.max_connection_age,
-            health_probe_interval: Duration::from_secs(2),
+            server: settings.serve_options(auth, shutdown.clone()),
             inventory: channel,
             client,
             compensation_timeout: Duration::from_secs(5),
-            shutdown: shutdown.clone(),
         },
     )
     .await?;

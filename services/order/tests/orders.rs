@@ -154,18 +154,20 @@ async fn shop() -> Shop {
     let running = app::start(
         store,
         ServeOptions {
-            grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            auth: None,
-            max_concurrent_requests: 0,
-            request_timeout: Duration::from_secs(10),
-            drain: DrainTimings { drain: Duration::ZERO, grace: Duration::from_secs(5) },
-            max_connection_age: Duration::from_secs(300),
-            health_probe_interval: Duration::from_secs(1),
+            server: ferry_service_common::app::ServeOptions {
+                grpc_addr: "127.0.0.1:0".parse().unwrap(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                auth: None,
+                max_concurrent_requests: 0,
+                request_timeout: Duration::from_secs(10),
+                drain: DrainTimings { drain: Duration::ZERO, grace: Duration::from_secs(5) },
+                max_connection_age: Duration::from_secs(300),
+                health_probe_interval: Duration::from_secs(1),
+                shutdown: shutdown.clone(),
+            },
             inventory: inventory_channel.clone(),
             client: client_settings(),
             compensation_timeout: Duration::from_secs(5),
-            shutdown: shutdown.clone(),
         },
     )
     .await
