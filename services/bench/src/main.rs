@@ -64,6 +64,9 @@ struct Args {
     /// PostgreSQL URL (127.0.0.1 only); the PostgreSQL rows are skipped without it.
     #[arg(long, env = "FERRY_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// Run only these groups (comma-separated: middleware, sqlite, order, postgres); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Run the baseline server instead (internal).
     #[arg(long, hide = true)]
     bare_server: bool,
@@ -377,6 +380,10 @@ struct Row {
 }
 
 impl Ctx {
+    fn wants(&self, group: &str) -> bool {
+        self.args.only.is_empty() || self.args.only.iter().any(|g| g == group)
+    }
+
     fn duration(&self) -> Duration {
         Duration::from_secs(self.args.seconds.clamp(1, 10))
     }
@@ -566,22 +573,136 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
 
     // --- middleware: bare tonic vs the full stack, alternating rounds --------------------------
+    let sqlite_dir = tmp.path().join("inventory-sqlite");
+    let inv = spawn("inventory-sqlite", server_cmd(&inventory_bin, &sqlite_dir, &key)).await?;
+    wait_serving(inv.addr).await?;
+    if ctx.wants("middleware") {
+        middleware(&mut ctx, &inv).await?;
+    }
+
+    // --- SQLite ------------------------------------------------------------------------------------
+    let mut inv_results = Vec::new();
+    let c = ctx.args.concurrency;
+    let max = ctx.args.max_requests;
+    let run = ctx.run.clone();
+    let dur = ctx.duration();
+    if ctx.wants("sqlite") {
+        eprintln!("inventory on SQLite");
+        let r = deduct_load(
+            &mut ctx,
+            &inv,
+            "sqlite-hot",
+            vec![format!("{run}-hot")],
+            1_000_000_000,
+            budget(c, max, dur),
+        )
+        .await?;
+        inv_results.push(r.clone());
+        ctx.push("DeductStock, SQLite, 1 hot sku", r, format!("{c} in flight"));
+        let skus: Vec<String> = (0..1000).map(|i| format!("{}-s{i}", ctx.run)).collect();
+        let r = deduct_load(&mut ctx, &inv, "sqlite-1000", skus, 1_000_000, budget(c, max, dur)).await?;
+        inv_results.push(r.clone());
+        ctx.push("DeductStock, SQLite, 1,000 skus", r, format!("{c} in flight"));
+        let r = deduct_load(
+            &mut ctx,
+            &inv,
+            "sqlite-scarce",
+            vec![format!("{run}-scarce")],
+            500,
+            budget(100, 2000, HARD_LIMIT),
+        )
+        .await?;
+        scarce_check(&mut ctx, "SQLite", &r, 500);
+    }
+
+    // --- CreateOrder end to end (order on SQLite → inventory on SQLite) ---------------------------
+    if ctx.wants("order") {
+        eprintln!("CreateOrder end to end");
+        let mut cmd = server_cmd(&order_bin, &tmp.path().join("order-sqlite"), &key);
+        cmd.arg(format!("--inventory-addr=127.0.0.1:{}", inv.addr.port()))
+            .arg(format!("--inventory-token-file={}", inv_token.display()));
+        let order = spawn("order", cmd).await?;
+        wait_serving_named(order.addr, "ferry.order.v1.OrderService").await?;
+        let order_skus: Vec<String> = (0..1000).map(|i| format!("{}-o{i}", ctx.run)).collect();
+        let mut admin = InventoryServiceClient::new(channels(inv.addr, 1).await?.remove(0));
+        for sku in &order_skus {
+            set_stock(&mut admin, &ctx.bearer, sku, 1_000_000).await?;
+        }
+        let chans = Arc::new(channels(order.addr, ctx.args.connections).await?);
+        let watch = [("order", order.pid().unwrap_or(0)), ("inventory-sqlite", inv.pid().unwrap_or(0))];
+        let bearer = ctx.bearer.clone();
+        let (prefix, shared) = (format!("{}-order", ctx.run), Arc::new(order_skus.clone()));
+        let r = load(c, ctx.duration(), max, &watch, move |w, i| {
+            let mut client = OrderServiceClient::new(chans[w % chans.len()].clone());
+            let sku = shared[rand::rng().random_range(0..shared.len())].clone();
+            let req = authed(
+                CreateOrderRequest {
+                    request_id: format!("{prefix}-{i}"),
+                    customer_id: format!("c{w}"),
+                    items: vec![OrderItem { sku, quantity: 1 }],
+                },
+                &bearer,
+            );
+            async move { classify(client.create_order(req).await) }
+        })
+        .await;
+        let mut remaining = 0i64;
+        for sku in &order_skus {
+            remaining += get_stock(&mut admin, &ctx.bearer, sku).await?;
+        }
+        let expected = 1_000_000 * order_skus.len() as i64 - r.ok as i64;
+        ctx.checks.push(format!(
+            "{} CreateOrder: initial {} − {} confirmed orders = {expected}; final {remaining}{}",
+            if remaining == expected { "OK  " } else { "FAIL" },
+            1_000_000 * order_skus.len() as i64,
+            r.ok,
+            if r.errors > 0 {
+                format!(" ({} calls failed with errors; an order left PENDING may hold stock)", r.errors)
+            } else {
+                String::new()
+            }
+        ));
+        let order_peak = peak_of(&[&r], "order");
+        inv_results.push(r.clone());
+        ctx.push("CreateOrder end to end (1 item; order + inventory on SQLite)", r, format!("{c} in flight"));
+        ctx.record_rss("order-service (SQLite)", &order, order_peak);
+        order.stop().await?;
+    }
+    let inv_peak = peak_of(&inv_results.iter().collect::<Vec<_>>(), "inventory-sqlite");
+    ctx.record_rss("inventory-service (SQLite)", &inv, inv_peak);
+    inv.stop().await?;
+
+    // --- PostgreSQL ----------------------------------------------------------------------------
+    if !ctx.wants("postgres") {
+        eprintln!("PostgreSQL rows not selected");
+    } else if let Some(url) = ctx.args.postgres_url.clone() {
+        postgres(&mut ctx, &inventory_bin, &key, &url, tmp.path()).await?;
+    } else {
+        eprintln!("no --postgres-url: PostgreSQL rows skipped");
+    }
+
+    print_report(&ctx, cpus);
+    if ctx.checks.iter().any(|c| c.starts_with("FAIL")) {
+        bail!("a stock check failed");
+    }
+    Ok(())
+}
+
+/// Bare tonic vs the full stack, alternating rounds.
+async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
     let bare = spawn("bare", {
         let mut c = Command::new(std::env::current_exe()?);
         c.arg("--bare-server");
         c
     })
     .await?;
-    let sqlite_dir = tmp.path().join("inventory-sqlite");
-    let inv = spawn("inventory-sqlite", server_cmd(&inventory_bin, &sqlite_dir, &key)).await?;
-    wait_serving(inv.addr).await?;
     eprintln!("middleware comparison ({} rounds)", ctx.args.rounds);
     let (mut bare_h, mut full_h, mut bare_g, mut full_g) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ctx.args.rounds.max(1) {
-        bare_h.push(health_load(&ctx, &bare).await?);
-        full_h.push(health_load(&ctx, &inv).await?);
-        bare_g.push(invalid_get_load(&ctx, &bare).await?);
-        full_g.push(invalid_get_load(&ctx, &inv).await?);
+        bare_h.push(health_load(ctx, &bare).await?);
+        full_h.push(health_load(ctx, &inv).await?);
+        bare_g.push(invalid_get_load(ctx, &bare).await?);
+        full_g.push(invalid_get_load(ctx, &inv).await?);
     }
     let bare_peak = peak_of(&bare_h.iter().chain(&bare_g).collect::<Vec<_>>(), "bare");
     ctx.record_rss("bare tonic (baseline)", &bare, bare_peak);
@@ -595,106 +716,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         let m = median(runs);
         let note = format!("median of {} rounds", ctx.args.rounds.max(1));
         ctx.push(name, m, note);
-    }
-
-    // --- SQLite ------------------------------------------------------------------------------------
-    eprintln!("inventory on SQLite");
-    let mut inv_results = Vec::new();
-    let c = ctx.args.concurrency;
-    let max = ctx.args.max_requests;
-    let run = ctx.run.clone();
-    let dur = ctx.duration();
-    let r = deduct_load(
-        &mut ctx,
-        &inv,
-        "sqlite-hot",
-        vec![format!("{run}-hot")],
-        1_000_000_000,
-        budget(c, max, dur),
-    )
-    .await?;
-    inv_results.push(r.clone());
-    ctx.push("DeductStock, SQLite, 1 hot sku", r, format!("{c} in flight"));
-    let skus: Vec<String> = (0..1000).map(|i| format!("{}-s{i}", ctx.run)).collect();
-    let r = deduct_load(&mut ctx, &inv, "sqlite-1000", skus, 1_000_000, budget(c, max, dur)).await?;
-    inv_results.push(r.clone());
-    ctx.push("DeductStock, SQLite, 1,000 skus", r, format!("{c} in flight"));
-    let r = deduct_load(
-        &mut ctx,
-        &inv,
-        "sqlite-scarce",
-        vec![format!("{run}-scarce")],
-        500,
-        budget(100, 2000, HARD_LIMIT),
-    )
-    .await?;
-    scarce_check(&mut ctx, "SQLite", &r, 500);
-
-    // --- CreateOrder end to end (order on SQLite → inventory on SQLite) ---------------------------
-    eprintln!("CreateOrder end to end");
-    let mut cmd = server_cmd(&order_bin, &tmp.path().join("order-sqlite"), &key);
-    cmd.arg(format!("--inventory-addr=127.0.0.1:{}", inv.addr.port()))
-        .arg(format!("--inventory-token-file={}", inv_token.display()));
-    let order = spawn("order", cmd).await?;
-    wait_serving_named(order.addr, "ferry.order.v1.OrderService").await?;
-    let order_skus: Vec<String> = (0..1000).map(|i| format!("{}-o{i}", ctx.run)).collect();
-    let mut admin = InventoryServiceClient::new(channels(inv.addr, 1).await?.remove(0));
-    for sku in &order_skus {
-        set_stock(&mut admin, &ctx.bearer, sku, 1_000_000).await?;
-    }
-    let chans = Arc::new(channels(order.addr, ctx.args.connections).await?);
-    let watch = [("order", order.pid().unwrap_or(0)), ("inventory-sqlite", inv.pid().unwrap_or(0))];
-    let bearer = ctx.bearer.clone();
-    let (prefix, shared) = (format!("{}-order", ctx.run), Arc::new(order_skus.clone()));
-    let r = load(c, ctx.duration(), max, &watch, move |w, i| {
-        let mut client = OrderServiceClient::new(chans[w % chans.len()].clone());
-        let sku = shared[rand::rng().random_range(0..shared.len())].clone();
-        let req = authed(
-            CreateOrderRequest {
-                request_id: format!("{prefix}-{i}"),
-                customer_id: format!("c{w}"),
-                items: vec![OrderItem { sku, quantity: 1 }],
-            },
-            &bearer,
-        );
-        async move { classify(client.create_order(req).await) }
-    })
-    .await;
-    let mut remaining = 0i64;
-    for sku in &order_skus {
-        remaining += get_stock(&mut admin, &ctx.bearer, sku).await?;
-    }
-    let expected = 1_000_000 * order_skus.len() as i64 - r.ok as i64;
-    ctx.checks.push(format!(
-        "{} CreateOrder: initial {} − {} confirmed orders = {expected}; final {remaining}{}",
-        if remaining == expected { "OK  " } else { "FAIL" },
-        1_000_000 * order_skus.len() as i64,
-        r.ok,
-        if r.errors > 0 {
-            format!(" ({} calls failed with errors; an order left PENDING may hold stock)", r.errors)
-        } else {
-            String::new()
-        }
-    ));
-    let order_peak = peak_of(&[&r], "order");
-    inv_results.push(r.clone());
-    ctx.push("CreateOrder end to end (1 item; order + inventory on SQLite)", r, format!("{c} in flight"));
-    ctx.record_rss("order-service (SQLite)", &order, order_peak);
-    order.stop().await?;
-    let inv_peak = peak_of(&inv_results.iter().collect::<Vec<_>>(), "inventory-sqlite");
-    ctx.record_rss("inventory-service (SQLite)", &inv, inv_peak);
-    inv.stop().await?;
-
-    // --- PostgreSQL ----------------------------------------------------------------------------
-    if let Some(url) = ctx.args.postgres_url.clone() {
-        postgres(&mut ctx, &inventory_bin, &key, &url, tmp.path()).await?;
-    } else {
-        eprintln!("no --postgres-url: PostgreSQL rows skipped");
-    }
-
-    print_report(&ctx, cpus);
-    if ctx.checks.iter().any(|c| c.starts_with("FAIL")) {
-        bail!("a stock check failed");
     }
     Ok(())
 }
