@@ -106,6 +106,22 @@ pub struct Service {
     pub probe: Probe,
 }
 
+impl Service {
+    /// `probe` runs every health interval (bounded by it); `true` = the database answers.
+    pub fn new<P, Fut>(
+        name: &'static str,
+        routes: Routes,
+        descriptors: &'static [&'static [u8]],
+        probe: P,
+    ) -> Self
+    where
+        P: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        Self { name, routes, descriptors, probe: Arc::new(move || Box::pin(probe())) }
+    }
+}
+
 /// Binds both listeners, lets `build` register its metrics and make its routes, then serves
 /// in a background task until `opts.shutdown` is cancelled and the drain has run.
 pub async fn start<F>(opts: ServeOptions, build: F) -> anyhow::Result<Running>

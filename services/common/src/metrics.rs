@@ -6,7 +6,8 @@
 //! trailers at the end of the body.
 
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    sync::{Arc, OnceLock, RwLock},
     task::{Context, Poll},
     time::Instant,
 };
@@ -63,6 +64,8 @@ pub struct ServerMetrics {
     pub config_reload_failures: Counter,
     /// `ferry_config_reloads_total`: config files applied on reload.
     pub config_reloads: Counter,
+    /// Per-method handles into `handled` and `handling_seconds` (see [`MethodHandles`]).
+    methods: Arc<RwLock<HashMap<Box<str>, Arc<MethodHandles>>>>,
 }
 
 impl ServerMetrics {
@@ -77,6 +80,7 @@ impl ServerMetrics {
             in_flight: Gauge::default(),
             config_reload_failures: Counter::default(),
             config_reloads: Counter::default(),
+            methods: Arc::default(),
         };
         registry.register(
             "grpc_server_handled",
@@ -105,6 +109,61 @@ impl ServerMetrics {
 }
 
 /// Renders `registry` in the Prometheus/OpenMetrics text format.
+/// Most distinct method paths whose handles are kept; calls to further paths (clients can send
+/// any path) are recorded through the families directly.
+const METHOD_HANDLES_CAPACITY: usize = 128;
+
+/// One method's label set and metric handles, so a call records without building label
+/// strings or hashing them into the families.
+#[derive(Debug)]
+struct MethodHandles {
+    labels: MethodLabels,
+    seconds: Histogram,
+    /// `grpc_server_handled_total` by code (0..=16), created on first use.
+    handled: [OnceLock<Counter>; 17],
+}
+
+impl ServerMetrics {
+    fn method(&self, path: &str) -> Arc<MethodHandles> {
+        if let Some(h) = self.methods.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return h.clone();
+        }
+        let (service, method) = split_path(path);
+        let labels = MethodLabels {
+            grpc_type: grpc_type(service, method).into(),
+            grpc_service: service.into(),
+            grpc_method: method.into(),
+        };
+        let seconds = self.handling_seconds.get_or_create(&labels).clone();
+        let handles = Arc::new(MethodHandles { labels, seconds, handled: Default::default() });
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        if methods.len() < METHOD_HANDLES_CAPACITY {
+            methods.insert(path.into(), handles.clone());
+        }
+        handles
+    }
+
+    fn record(&self, m: &MethodHandles, code: tonic::Code, seconds: f64) {
+        let counter = usize::try_from(i32::from(code)).ok().and_then(|i| m.handled.get(i)).map(|slot| {
+            slot.get_or_init(|| {
+                let MethodLabels { grpc_type, grpc_service, grpc_method } = m.labels.clone();
+                self.handled
+                    .get_or_create(&HandledLabels {
+                        grpc_type,
+                        grpc_service,
+                        grpc_method,
+                        grpc_code: code_name(code).into(),
+                    })
+                    .clone()
+            })
+        });
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+        m.seconds.observe(seconds);
+    }
+}
+
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut out, registry) {
@@ -157,7 +216,7 @@ fn code_from_headers(headers: &http::HeaderMap) -> Option<tonic::Code> {
 /// Records one call once, when its status is known (or as `Canceled` if the body is dropped first).
 struct CallRecord {
     metrics: Arc<ServerMetrics>,
-    labels: MethodLabels,
+    method: Arc<MethodHandles>,
     start: Instant,
     done: bool,
 }
@@ -169,17 +228,7 @@ impl CallRecord {
         }
         self.done = true;
         self.metrics.in_flight.dec();
-        let MethodLabels { grpc_type, grpc_service, grpc_method } = self.labels.clone();
-        self.metrics
-            .handled
-            .get_or_create(&HandledLabels {
-                grpc_type,
-                grpc_service,
-                grpc_method,
-                grpc_code: code_name(code).into(),
-            })
-            .inc();
-        self.metrics.handling_seconds.get_or_create(&self.labels).observe(self.start.elapsed().as_secs_f64());
+        self.metrics.record(&self.method, code, self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -230,15 +279,10 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(req.uri().path());
-        let labels = MethodLabels {
-            grpc_type: grpc_type(service, method).into(),
-            grpc_service: service.into(),
-            grpc_method: method.into(),
-        };
+        let method = self.metrics.method(req.uri().path());
         self.metrics.in_flight.inc();
         let mut record =
-            CallRecord { metrics: self.metrics.clone(), labels, start: Instant::now(), done: false };
+            CallRecord { metrics: self.metrics.clone(), method, start: Instant::now(), done: false };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = match fut.await {
@@ -275,6 +319,36 @@ mod tests {
             ("ferry.inventory.v1.InventoryService", "DeductStock")
         );
         assert_eq!(split_path("garbage"), ("unknown", "unknown"));
+    }
+
+    #[test]
+    fn calls_through_cached_handles_land_in_the_labelled_families() {
+        let mut registry = Registry::default();
+        let m = ServerMetrics::register(&mut registry);
+        let path = "/ferry.inventory.v1.InventoryService/GetStock";
+        for code in [tonic::Code::Ok, tonic::Code::Ok, tonic::Code::InvalidArgument] {
+            let handles = m.method(path);
+            m.record(&handles, code, 0.001);
+        }
+        let text = encode(&registry);
+        let handled = |code: &str| {
+            format!(
+                "grpc_server_handled_total{{grpc_type=\"unary\",grpc_service=\"ferry.inventory.v1.InventoryService\",grpc_method=\"GetStock\",grpc_code=\"{code}\"}} "
+            )
+        };
+        assert!(text.contains(&format!("{}2", handled("OK"))), "{text}");
+        assert!(text.contains(&format!("{}1", handled("InvalidArgument"))), "{text}");
+        assert!(text.contains("grpc_server_handling_seconds_count{grpc_type=\"unary\",grpc_service=\"ferry.inventory.v1.InventoryService\",grpc_method=\"GetStock\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn method_handles_stay_bounded_for_arbitrary_paths() {
+        let m = ServerMetrics::register(&mut Registry::default());
+        for i in 0..(METHOD_HANDLES_CAPACITY + 50) {
+            let handles = m.method(&format!("/x.Svc/M{i}"));
+            m.record(&handles, tonic::Code::Unimplemented, 0.0);
+        }
+        assert_eq!(m.methods.read().unwrap_or_else(|p| p.into_inner()).len(), METHOD_HANDLES_CAPACITY);
     }
 
     #[test]

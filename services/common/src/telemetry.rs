@@ -12,6 +12,7 @@
 
 use std::{
     fmt,
+    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll},
 };
 
@@ -96,6 +97,7 @@ pub fn otel_layer<S>(provider: &SdkTracerProvider) -> OpenTelemetryLayer<S, SdkT
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
+    OTEL_LAYER_BUILT.store(true, Ordering::Relaxed);
     tracing_opentelemetry::layer().with_tracer(provider.tracer("ferry")).with_tracked_inactivity(false)
 }
 
@@ -268,15 +270,27 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let parent =
             req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
-        let span = tracing::info_span!(
-            "grpc",
-            trace_id = tracing::field::Empty,
-            method = req.uri().path(),
-            otel.kind = "server",
-            otel.name = req.uri().path().trim_start_matches('/'),
-        );
-        let ctx = span_context(&span, parent);
-        span.record("trace_id", tracing::field::display(ctx.trace_id_hex()));
+        let path = req.uri().path();
+        let (span, ctx) = if OTEL_LAYER_BUILT.load(Ordering::Relaxed) {
+            // The span may be an OpenTelemetry span: its ids are the ones to pass on.
+            let span = tracing::info_span!(
+                "grpc",
+                trace_id = tracing::field::Empty,
+                method = path,
+                otel.kind = "server",
+                otel.name = path.trim_start_matches('/'),
+            );
+            let ctx = span_context(&span, parent);
+            span.record("trace_id", tracing::field::display(ctx.trace_id_hex()));
+            (span, ctx)
+        } else {
+            // No OpenTelemetry layer exists in this process: the ids are ours alone, so the
+            // span gets its trace_id when it is created (recording it later makes the JSON
+            // formatter parse and re-serialise the span's fields on every call).
+            let ctx = parent.map(|p| p.child()).unwrap_or_else(TraceContext::generate);
+            let span = tracing::info_span!("grpc", trace_id = %TraceIdHex(ctx.trace_id), method = path);
+            (span, ctx)
+        };
         req.extensions_mut().insert(ctx);
         Box::pin(self.inner.call(req).instrument(span))
     }
@@ -285,6 +299,19 @@ where
 /// The context of this server's span for `span`. When OpenTelemetry export is on, the span is
 /// made a child of the inbound `parent` and its own ids are returned; otherwise a child of
 /// `parent` (or a new root) is made up with the same rules.
+/// Set once an OpenTelemetry layer has been built ([`otel_layer`]); until then no span can be
+/// an OpenTelemetry span and [`TraceLayer`] takes its cheaper path.
+static OTEL_LAYER_BUILT: AtomicBool = AtomicBool::new(false);
+
+/// Formats a trace id as 32 hex digits without allocating.
+struct TraceIdHex(u128);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
 fn span_context(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
     if let Some(p) = parent {
         let remote = SpanContext::new(
@@ -345,6 +372,13 @@ mod tests {
         let ctx = span_context(&tracing::info_span!("grpc"), Some(parent));
         assert_eq!(ctx.trace_id, parent.trace_id);
         assert_ne!(ctx.span_id, parent.span_id);
+    }
+
+    #[test]
+    fn the_span_trace_id_is_formatted_like_the_traceparent_one() {
+        let ctx = TraceContext::generate();
+        assert_eq!(TraceIdHex(ctx.trace_id).to_string(), ctx.trace_id_hex());
+        assert_eq!(TraceIdHex(1).to_string(), format!("{}1", "0".repeat(31)));
     }
 
     #[test]

@@ -34,15 +34,11 @@ pub async fn start(store: Arc<dyn InventoryStore>, opts: ServeOptions) -> anyhow
     app::start(opts, |registry, _| {
         let metrics = Arc::new(InventoryMetrics::register(registry));
         let api = InventoryServiceServer::new(InventoryApi::new(store.clone(), metrics));
-        Ok(app::Service {
-            name: SERVICE_NAME,
-            routes: Routes::new(api),
-            descriptors: &[ferry_proto::FILE_DESCRIPTOR_SET],
-            probe: Arc::new(move || {
-                let store = store.clone();
-                Box::pin(async move { store.ping().await })
-            }),
-        })
+        let probe = move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        };
+        Ok(app::Service::new(SERVICE_NAME, Routes::new(api), &[ferry_proto::FILE_DESCRIPTOR_SET], probe))
     })
     .await
 }

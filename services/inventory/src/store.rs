@@ -12,6 +12,8 @@
 mod batch;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod testing;
 
 use std::{sync::Arc, time::Duration};
 

@@ -76,15 +76,11 @@ pub async fn start(store: Arc<dyn OrderStore>, opts: ServeOptions) -> anyhow::Re
             compensation_timeout,
         ));
         made = Some(client);
-        Ok(app::Service {
-            name: SERVICE_NAME,
-            routes: Routes::new(api),
-            descriptors: &[ferry_proto::FILE_DESCRIPTOR_SET],
-            probe: Arc::new(move || {
-                let store = store.clone();
-                Box::pin(async move { store.ping().await })
-            }),
-        })
+        let probe = move || {
+            let store = store.clone();
+            async move { store.ping().await }
+        };
+        Ok(app::Service::new(SERVICE_NAME, Routes::new(api), &[ferry_proto::FILE_DESCRIPTOR_SET], probe))
     })
     .await?;
     let client = made.ok_or_else(|| anyhow::anyhow!("the order service was not built"))?;

@@ -23,7 +23,6 @@ use ferry_proto::{
         order_service_client::OrderServiceClient,
     },
 };
-use ferry_service_common::shutdown::DrainTimings;
 use inventory_service::{
     api::{InventoryApi, InventoryMetrics},
     store::{Deducted, InventoryStore, Released, StoreError},
@@ -155,15 +154,8 @@ async fn shop() -> Shop {
         store,
         ServeOptions {
             server: ferry_service_common::app::ServeOptions {
-                grpc_addr: "127.0.0.1:0".parse().unwrap(),
-                http_addr: "127.0.0.1:0".parse().unwrap(),
-                auth: None,
-                max_concurrent_requests: 0,
-                request_timeout: Duration::from_secs(10),
-                drain: DrainTimings { drain: Duration::ZERO, grace: Duration::from_secs(5) },
-                max_connection_age: Duration::from_secs(300),
-                health_probe_interval: Duration::from_secs(1),
                 shutdown: shutdown.clone(),
+                ..ferry_service_common::app::ServeOptions::local()
             },
             inventory: inventory_channel.clone(),
             client: client_settings(),

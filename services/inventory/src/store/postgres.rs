@@ -410,17 +410,10 @@ impl InventoryStore for PgStore {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use ferry_proto::domain::{Quantity, RequestId, StockLevel};
-
     use super::*;
-
-    fn deduct(id: &str, sku: &str, q: i64) -> DeductStock {
-        DeductStock {
-            request_id: RequestId::parse("r", id).unwrap(),
-            sku: Sku::parse("sku", sku).unwrap(),
-            quantity: Quantity::parse("q", q).unwrap(),
-        }
-    }
+    use crate::store::testing::{
+        assert_only_the_poisoned_request_failed, deduct, mixed_batch, poisoned_batch, sku, stock_a5_b1,
+    };
 
     /// A store in a fresh schema, with `a` = 5 and `b` = 1; `None` without a server.
     async fn store() -> Option<PgStore> {
@@ -431,13 +424,7 @@ mod tests {
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
         let opts = StoreOptions { pg_schema: Some(schema), max_connections: 4, ..StoreOptions::new(url) };
         let store = PgStore::connect(&opts).await.expect("connect to FERRY_TEST_POSTGRES_URL");
-        for (sku, q) in [("a", 5), ("b", 1)] {
-            let cmd = SetStock {
-                sku: Sku::parse("sku", sku).unwrap(),
-                quantity: StockLevel::parse("q", q).unwrap(),
-            };
-            store.set(&cmd).await.unwrap();
-        }
+        stock_a5_b1(&store).await;
         Some(store)
     }
 
@@ -445,31 +432,9 @@ mod tests {
     async fn one_batch_answers_every_request_on_its_own() {
         let Some(store) = store().await else { return };
         store.deduct(&deduct("old", "a", 1)).await.unwrap();
-        let batch = vec![
-            deduct("r1", "a", 2),
-            deduct("r1", "a", 2),    // the same id again in the same batch: a replay
-            deduct("r2", "nope", 1), // unknown sku
-            deduct("r3", "b", 2),    // not enough stock
-            deduct("old", "a", 3),   // a known id with another payload
-            deduct("old", "a", 1),   // a replay of an earlier batch
-            deduct("r4", "a", 2),    // takes the last units
-            deduct("r5", "a", 1),    // nothing left
-        ];
-        let outcomes = deduct_in_one_transaction(&store.pool, &batch).await.unwrap();
-        assert_eq!(
-            outcomes,
-            vec![
-                Ok(Deducted { remaining: 2, replayed: false }),
-                Ok(Deducted { remaining: 2, replayed: true }),
-                Err(StoreError::NotFound("nope".into())),
-                Err(StoreError::Insufficient { sku: "b".into(), requested: 2, available: 1 }),
-                Err(StoreError::RequestIdReused("old".into())),
-                Ok(Deducted { remaining: 4, replayed: true }),
-                Ok(Deducted { remaining: 0, replayed: false }),
-                Err(StoreError::Insufficient { sku: "a".into(), requested: 1, available: 0 }),
-            ]
-        );
-        assert_eq!(store.get(&Sku::parse("sku", "a").unwrap()).await.unwrap(), 0);
+        let (batch, expected) = mixed_batch();
+        assert_eq!(deduct_in_one_transaction(&store.pool, &batch).await.unwrap(), expected);
+        assert_eq!(store.get(&sku("a")).await.unwrap(), 0);
         // Each executed deduction has its own record: r1 and r4 replay with their own answers.
         assert_eq!(store.deduct(&deduct("r1", "a", 2)).await, Ok(Deducted { remaining: 2, replayed: true }));
         assert_eq!(store.deduct(&deduct("r4", "a", 2)).await, Ok(Deducted { remaining: 0, replayed: true }));
@@ -486,11 +451,8 @@ mod tests {
         .execute(&store.pool)
         .await
         .unwrap();
-        let batch = vec![deduct("r1", "a", 1), deduct("poison", "a", 1), deduct("r2", "a", 1)];
-        let outcomes = deduct_batch(store.pool.clone(), batch).await;
-        assert_eq!(outcomes[0], Ok(Deducted { remaining: 4, replayed: false }));
-        assert!(matches!(outcomes[1], Err(StoreError::Internal(_))), "{:?}", outcomes[1]);
-        assert_eq!(outcomes[2], Ok(Deducted { remaining: 3, replayed: false }));
-        assert_eq!(store.get(&Sku::parse("sku", "a").unwrap()).await.unwrap(), 3);
+        assert_only_the_poisoned_request_failed(&deduct_batch(store.pool.clone(), poisoned_batch()).await);
+        // The poisoned deduction left nothing behind.
+        assert_eq!(store.get(&sku("a")).await.unwrap(), 3);
     }
 }
