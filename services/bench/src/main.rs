@@ -700,9 +700,9 @@ async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
     let (mut bare_h, mut full_h, mut bare_g, mut full_g) = (vec![], vec![], vec![], vec![]);
     for _ in 0..ctx.args.rounds.max(1) {
         bare_h.push(health_load(ctx, &bare).await?);
-        full_h.push(health_load(ctx, &inv).await?);
+        full_h.push(health_load(ctx, inv).await?);
         bare_g.push(invalid_get_load(ctx, &bare).await?);
-        full_g.push(invalid_get_load(ctx, &inv).await?);
+        full_g.push(invalid_get_load(ctx, inv).await?);
     }
     let bare_peak = peak_of(&bare_h.iter().chain(&bare_g).collect::<Vec<_>>(), "bare");
     ctx.record_rss("bare tonic (baseline)", &bare, bare_peak);
