@@ -29,6 +29,8 @@ use super::status::MicroServiceStatus;
 pub const MAX_PORTS: usize = 16;
 /// Maximum number of `dependsOn` entries.
 pub const MAX_DEPENDENCIES: usize = 32;
+/// Maximum number of mounted Secrets.
+pub const MAX_SECRETS: usize = 16;
 
 /// A MicroService is one deployable service: an image, its ports, how to check its health, how to scale
 /// and monitor it, and which other MicroServices it needs. The Ferry operator turns it into a
@@ -78,6 +80,7 @@ pub const MAX_DEPENDENCIES: usize = 32;
     validation = Rule::new("!has(self.health) || !has(self.health.port) || self.ports.exists(p, p.name == self.health.port)").message("health.port must name one of spec.ports").field_path(".health.port"),
     validation = Rule::new("!has(self.monitoring) || !has(self.monitoring.port) || self.ports.exists(p, p.name == self.monitoring.port)").message("monitoring.port must name one of spec.ports").field_path(".monitoring.port"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)").message("autoscaling on CPU needs resources.requests.cpu: the autoscaler computes utilization against the request").field_path(".resources"),
+    validation = Rule::new("!has(self.secrets) || self.secrets.all(s, s.mountPath != '/tmp' && (!has(self.config) || s.mountPath != (has(self.config.mountPath) ? self.config.mountPath : '/etc/ferry/config')))").message("secrets[].mountPath must differ from /tmp and from the config mount path").field_path(".secrets"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetMemoryUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'memory' in self.resources.requests)").message("autoscaling on memory needs resources.requests.memory: the autoscaler computes utilization against the request").field_path(".resources"),
 )]
 pub struct MicroServiceSpec {
@@ -150,6 +153,18 @@ pub struct MicroServiceSpec {
     /// A ConfigMap mounted read-only into the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigSpec>,
+
+    /// Secrets (same namespace) mounted read-only into the container, one directory each: every key
+    /// (or only `items`) becomes a file. Files are mode 0440 when `pod.fsGroup` is set (readable by
+    /// that group, which the container joins), else 0444; never writable. A Secret that does not exist
+    /// keeps the pods from starting unless `optional` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["mountPath".into()]),
+        validation = Rule::new("self.all(s, self.exists_one(t, t.mountPath == s.mountPath))").message("secrets[].mountPath must be unique")
+    )]
+    pub secrets: Option<Vec<SecretMount>>,
 
     /// Other MicroServices (same namespace) this one needs. Until every one is Available, the
     /// `DependenciesReady` condition is False and no new pods are rolled. Their addresses are injected
@@ -412,6 +427,42 @@ pub struct ConfigSpec {
     /// to pick up the new files themselves (false: hot reload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roll_on_change: Option<bool>,
+}
+
+/// A Secret mounted read-only as a directory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretMount {
+    /// Name of the Secret (same namespace).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Absolute directory the Secret's files appear in, for example `/etc/ferry/jwt`.
+    #[schemars(length(min = 2, max = 1024), regex(pattern = r"^/"))]
+    #[x_kube(validation = Rule::new("!self.contains('..') && !self.contains(':')").message("secrets[].mountPath must be an absolute path without '..' or ':'"))]
+    pub mount_path: String,
+    /// Only these keys, each at its own relative path (default: every key, as a file named after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub items: Option<Vec<SecretItem>>,
+    /// Start the pods even when the Secret (or a listed key) does not exist (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// One key of a mounted Secret and the file it becomes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretItem {
+    /// The key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// Relative file path under `mountPath` (no leading '/', no '..').
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("secrets[].items[].path must be relative and must not contain '..'"))]
+    pub path: String,
 }
 
 /// A MicroService this one depends on.

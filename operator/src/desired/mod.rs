@@ -12,6 +12,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod labels;
 pub mod probes;
+pub mod secrets;
 pub mod security;
 pub mod service;
 pub mod service_monitor;
