@@ -390,11 +390,89 @@ pub struct MonitoringSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub scrape_timeout: Option<String>,
-    /// Extra labels on the ServiceMonitor, so that a Prometheus `serviceMonitorSelector` picks it up
-    /// (kube-prometheus-stack needs `release: <its release name>`).
+    /// Extra labels on the ServiceMonitor and the PrometheusRule, so that a Prometheus
+    /// `serviceMonitorSelector` / `ruleSelector` picks them up (kube-prometheus-stack needs
+    /// `release: <its release name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 32))]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Alert rules for this service, as a generated PrometheusRule (needs the Prometheus Operator
+    /// CRDs; without them the `PrometheusRuleReady` condition says so and nothing else changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
+}
+
+/// The alerts a service team expects, generated as one PrometheusRule. The gRPC alerts read the
+/// go-grpc-prometheus metrics the services export (`grpc_server_handling_seconds`,
+/// `grpc_server_handled_total`) as scraped through the Service; the others read kube-state-metrics.
+/// Every duration is a Prometheus duration such as `5m` or `1h`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsSpec {
+    /// Generate the PrometheusRule. Defaults to true when `alerts` is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `GrpcLatencyHigh` fires when the p99 of gRPC handling time exceeds this many
+    /// milliseconds (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600000))]
+    pub latency_p99_threshold_ms: Option<i32>,
+    /// How long the p99 must stay above the threshold (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub latency_for: Option<String>,
+    /// `GrpcErrorRatioHigh` fires, per `grpc_code`, when calls ending with that code exceed this
+    /// fraction of all calls (default 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub error_ratio_threshold: Option<f64>,
+    /// The gRPC codes that count as errors (default: the server-side failures Unknown,
+    /// DeadlineExceeded, Unimplemented, Internal, Unavailable and DataLoss; client mistakes such as
+    /// InvalidArgument or NotFound are answers, not errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub error_codes: Option<Vec<GrpcCode>>,
+    /// How long the error ratio must stay above the threshold (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub error_ratio_for: Option<String>,
+    /// How long a pod may stay not ready before `PodsNotReady` fires (default `15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub pods_not_ready_for: Option<String>,
+    /// With `autoscaling`: how long the autoscaler may run at `maxReplicas` before
+    /// `AutoscalerAtMaxReplicas` fires (default `15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub max_replicas_for: Option<String>,
+    /// Extra labels on every alert, for routing (for example `team: payments`). `severity` here
+    /// replaces the generated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A gRPC status code, as the `grpc_code` label spells it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcCode {
+    #[serde(rename = "OK")]
+    Ok,
+    Canceled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
 }
 
 /// A PodDisruptionBudget (policy/v1). Exactly one of the two fields is set.

@@ -273,9 +273,11 @@ async fn the_operator_under_the_charts_service_account_brings_the_shop_up_and_un
             .unwrap_or_else(|e| panic!("{e}"));
         }
 
-        // Their optional children too: the ServiceMonitors.
+        // Their optional children too: the ServiceMonitors and the alerts' PrometheusRules.
         for name in ["inventory", "order"] {
             ctx.wait_for_condition(name, "ServiceMonitorReady", "True")
+                .await;
+            ctx.wait_for_condition(name, "PrometheusRuleReady", "True")
                 .await;
         }
 
