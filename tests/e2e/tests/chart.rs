@@ -68,6 +68,8 @@ const ALL_OPTIONAL_PARTS: &[&str] = &[
     "leaderElection.enabled=true",
     "--set",
     "otlpEndpoint=http://otel-collector.observability:4317",
+    "--set",
+    "grafanaDashboard.enabled=true",
 ];
 
 const MONITORING_APIS: &[&str] = &[
@@ -126,6 +128,37 @@ async fn the_chart_with_every_optional_part_renders_them_all_and_the_server_acce
             );
         }
         let docs = tools::yaml_documents(&rendered);
+        let dashboard = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1"
+            })
+            .expect("the Grafana dashboard ConfigMap, labelled for the sidecar");
+        let json: Value = serde_json::from_str(
+            dashboard["data"]["ferry-microservices.json"]
+                .as_str()
+                .expect("dashboard JSON"),
+        )
+        .expect("the dashboard is valid JSON");
+        let titles: Vec<&str> = json["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .filter_map(|p| p["title"].as_str())
+            .collect();
+        for wanted in [
+            "Request rate",
+            "Error ratio",
+            "p50",
+            "p99",
+            "Replicas",
+            "rollout phase",
+        ] {
+            assert!(
+                titles.iter().any(|t| t.contains(wanted)),
+                "a panel for {wanted}: {titles:?}"
+            );
+        }
         let deployment = docs
             .iter()
             .find(|d| d["kind"] == "Deployment")
