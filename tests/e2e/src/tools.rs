@@ -98,7 +98,8 @@ impl HelmRelease {
         }
     }
 
-    /// The chart's ServiceAccount (the release's fullname).
+    /// The chart's ServiceAccount: the release's fullname, `<release>-ferry-operator` for a release
+    /// name that does not contain the chart's name (see `ferry.fullname`).
     pub fn service_account(&self) -> String {
         format!("{}-ferry-operator", self.name)
     }
@@ -192,9 +193,12 @@ impl ServiceAccountKubeconfig {
         Self { path }
     }
 
-    /// The path as a string, for `KUBECONFIG`.
+    /// The path as a string, for `KUBECONFIG`. Panics rather than returning something a
+    /// client would read as "no kubeconfig" and fall back to the admin's.
     pub fn as_str(&self) -> &str {
-        self.path.to_str().unwrap_or_default()
+        self.path
+            .to_str()
+            .unwrap_or_else(|| panic!("non-UTF-8 path {}", self.path.display()))
     }
 }
 
