@@ -17,7 +17,8 @@
 # run (kwok), and on a real one a second, in-cluster operator would compete
 # with the local process. The local process gets the chart's RBAC, nothing
 # more: its kubeconfig holds only a TokenRequest token for the chart's
-# ServiceAccount. It watches the shop namespace only, so it never touches other
+# ServiceAccount. It watches the shop namespace only (and the chart, with
+# watchNamespace=shop, grants it nothing elsewhere), so it never touches other
 # namespaces of a shared cluster. State, pid and log: target/demo/.
 set -euo pipefail
 
@@ -121,7 +122,9 @@ up() {
   say "building the operator and kubectl-ferry"
   cargo build --locked -p ferry-operator --bin operator --bin kubectl-ferry
 
-  say "installing the chart: release $RELEASE in namespace $NAMESPACE"
+  # The shop namespace first: with watchNamespace the chart binds its rules there.
+  kubectl apply -f examples/shop/00-namespace.yaml
+  say "installing the chart: release $RELEASE in namespace $NAMESPACE, watching namespace $SHOP"
   helm upgrade --install "$RELEASE" charts/ferry-operator \
     --namespace "$NAMESPACE" --create-namespace \
     --set replicaCount=0 --set "watchNamespace=$SHOP"
@@ -205,12 +208,12 @@ down() {
   use_cluster down
   stop_operator
   if kubectl version >/dev/null 2>&1; then
-    # The shop namespace goes with everything in it (the MicroServices'
-    # children through their owner references).
-    kubectl delete namespace "$SHOP" --ignore-not-found --wait=true
     if helm status "$RELEASE" -n "$NAMESPACE" >/dev/null 2>&1; then
       helm uninstall "$RELEASE" -n "$NAMESPACE" --wait
     fi
+    # The shop namespace goes with everything in it (the MicroServices'
+    # children through their owner references).
+    kubectl delete namespace "$SHOP" --ignore-not-found --wait=true
     kubectl delete namespace "$NAMESPACE" --ignore-not-found --wait=true
     echo "left in place: the MicroService CRD (helm never deletes CRDs; 'kubectl delete -f crds/' removes it)"
   fi

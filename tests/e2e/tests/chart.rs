@@ -91,6 +91,8 @@ async fn the_default_chart_renders_only_the_core_objects_and_the_server_accepts_
             found,
             [
                 "ClusterRole",
+                "ClusterRole",
+                "ClusterRoleBinding",
                 "ClusterRoleBinding",
                 "CustomResourceDefinition",
                 "Deployment",
@@ -228,6 +230,47 @@ fn can_i(kubeconfig: &str, namespace: &str, verb: &str, resource: &str) -> bool 
     }
 }
 
+/// What the operator does, by (verb, resource[/subresource]).
+const ALLOWED: &[(&str, &str)] = &[
+    ("watch", "microservices.ferry.dev"),
+    ("patch", "microservices.ferry.dev/status"),
+    ("update", "microservices.ferry.dev/finalizers"),
+    ("create", "deployments.apps"),
+    ("patch", "deployments.apps"),
+    ("delete", "deployments.apps"),
+    ("patch", "services"),
+    ("patch", "horizontalpodautoscalers.autoscaling"),
+    ("patch", "poddisruptionbudgets.policy"),
+    ("patch", "servicemonitors.monitoring.coreos.com"),
+    ("patch", "prometheusrules.monitoring.coreos.com"),
+    ("watch", "configmaps"),
+    ("list", "pods"),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("create", "events.events.k8s.io"),
+    ("update", "leases.coordination.k8s.io"),
+];
+
+/// What it must never be able to do.
+const DENIED: &[(&str, &str)] = &[
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("create", "pods/exec"),
+    ("update", "deployments.apps"),
+    ("delete", "microservices.ferry.dev"),
+    ("create", "microservices.ferry.dev"),
+    ("patch", "configmaps"),
+    ("create", "serviceaccounts/token"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+    ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("delete", "namespaces"),
+    ("create", "jobs.batch"),
+    ("*", "*"),
+];
+
 /// Every cluster-scoped object labelled as part of `release`.
 fn cluster_scoped_objects_of(release: &str) -> String {
     let kinds = tools::run_ok(
@@ -271,7 +314,10 @@ async fn the_operator_under_the_charts_service_account_brings_the_shop_up_and_un
     in_namespace("chart-shop", |ctx: TestContext| async move {
         let ns = ctx.namespace.clone();
         let release = format!("ferry-{}", unique_suffix());
-        let mut helm = tools::HelmRelease::install(&release, &ns, &[]);
+        // Scoped to this namespace, as the operator process below is: a RoleBinding here and the
+        // cluster-wide CRD read are all it gets.
+        let watch = format!("watchNamespace={ns}");
+        let mut helm = tools::HelmRelease::install(&release, &ns, &["--set", &watch]);
         let account = helm.service_account();
         let kubeconfig = tools::ServiceAccountKubeconfig::create(&ns, &account);
 
@@ -392,64 +438,32 @@ async fn the_operator_under_the_charts_service_account_brings_the_shop_up_and_un
 
 #[tokio::test]
 #[ignore = "needs a cluster: make test-e2e"]
-async fn the_charts_service_account_can_do_what_the_operator_needs_and_cannot_read_secrets_or_touch_other_kinds()
+async fn the_charts_service_account_can_do_what_the_operator_needs_and_cannot_read_secrets_or_touch_other_kinds_or_namespaces()
  {
     in_namespace("chart-rbac", |ctx: TestContext| async move {
         let ns = ctx.namespace.clone();
-        let release = format!("ferry-{}", unique_suffix());
-        let mut helm = tools::HelmRelease::install(&release, &ns, &[]);
-        let kubeconfig = tools::ServiceAccountKubeconfig::create(&ns, &helm.service_account());
-        let as_operator = |verb: &str, resource: &str| can_i(kubeconfig.as_str(), &ns, verb, resource);
-
-        let allowed = [
-            ("watch", "microservices.ferry.dev"),
-            ("patch", "microservices.ferry.dev/status"),
-            ("update", "microservices.ferry.dev/finalizers"),
-            ("create", "deployments.apps"),
-            ("patch", "deployments.apps"),
-            ("delete", "deployments.apps"),
-            ("patch", "services"),
-            ("patch", "horizontalpodautoscalers.autoscaling"),
-            ("patch", "poddisruptionbudgets.policy"),
-            ("patch", "servicemonitors.monitoring.coreos.com"),
-            ("patch", "prometheusrules.monitoring.coreos.com"),
-            ("watch", "configmaps"),
-            ("list", "pods"),
-            ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
-            ("create", "events.events.k8s.io"),
-            ("update", "leases.coordination.k8s.io"),
-        ];
-        let denied = [
-            ("get", "secrets"),
-            ("list", "secrets"),
-            ("watch", "secrets"),
-            ("create", "pods"),
-            ("delete", "pods"),
-            ("create", "pods/exec"),
-            ("update", "deployments.apps"),
-            ("delete", "microservices.ferry.dev"),
-            ("create", "microservices.ferry.dev"),
-            ("patch", "configmaps"),
-            ("create", "serviceaccounts/token"),
-            ("create", "roles.rbac.authorization.k8s.io"),
-            ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
-            ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
-            ("delete", "namespaces"),
-            ("create", "jobs.batch"),
-            ("*", "*"),
-        ];
-        let wrong_allowed: Vec<_> = allowed.iter().filter(|(v, r)| !as_operator(v, r)).collect();
-        let wrong_denied: Vec<_> = denied.iter().filter(|(v, r)| as_operator(v, r)).collect();
-        assert!(
-            wrong_allowed.is_empty() && wrong_denied.is_empty(),
-            "the chart's RBAC is off.\nneeded but refused: {wrong_allowed:?}\nnot needed but granted: {wrong_denied:?}"
-        );
-        // The Lease rule is namespaced: nowhere but the release namespace.
-        assert!(
-            !can_i(kubeconfig.as_str(), "kube-system", "update", "leases.coordination.k8s.io"),
-            "the leader-election Lease rule must be limited to the release namespace"
-        );
-        helm.uninstall();
+        let watch = format!("watchNamespace={ns}");
+        for (mode, values) in [("cluster-wide", vec![]), ("watchNamespace", vec!["--set", watch.as_str()])] {
+            let release = format!("ferry-{}", unique_suffix());
+            let mut helm = tools::HelmRelease::install(&release, &ns, &values);
+            let kubeconfig = tools::ServiceAccountKubeconfig::create(&ns, &helm.service_account());
+            let as_operator = |verb: &str, resource: &str| can_i(kubeconfig.as_str(), &ns, verb, resource);
+            let wrong_allowed: Vec<_> = ALLOWED.iter().filter(|(v, r)| !as_operator(v, r)).collect();
+            let wrong_denied: Vec<_> = DENIED.iter().filter(|(v, r)| as_operator(v, r)).collect();
+            assert!(
+                wrong_allowed.is_empty() && wrong_denied.is_empty(),
+                "{mode}: the chart's RBAC is off.\nneeded but refused: {wrong_allowed:?}\nnot needed but granted: {wrong_denied:?}"
+            );
+            // The Lease rule is namespaced: nowhere but the release namespace.
+            assert!(
+                !can_i(kubeconfig.as_str(), "kube-system", "update", "leases.coordination.k8s.io"),
+                "{mode}: the leader-election Lease rule must be limited to the release namespace"
+            );
+            // Elsewhere: everything with a cluster-wide install, nothing with watchNamespace.
+            let elsewhere = can_i(kubeconfig.as_str(), "default", "patch", "deployments.apps");
+            assert_eq!(elsewhere, mode == "cluster-wide", "{mode}: patch deployments in namespace default");
+            helm.uninstall();
+        }
     })
     .await;
 }
