@@ -16,11 +16,12 @@ help: ## List the targets
 
 ## ---- the two commands -------------------------------------------------------
 .PHONY: demo
-demo: cluster-up ## Bring up the local cluster (and, as issues land, the operator and the shop)
-	@echo "The local cluster is up. Next: export KUBECONFIG=$(KUBECONFIG_LOCAL); kubectl get nodes"
+demo: ## Local cluster, operator chart, the operator under the chart's ServiceAccount, and the shop (DEMO_CLUSTER=external: use KUBECONFIG's cluster)
+	tests/e2e/demo.sh up
 
 .PHONY: demo-down
-demo-down: cluster-down ## Tear down what `make demo` started
+demo-down: ## Stop the demo's operator, remove the shop and the chart, stop the local cluster (DEMO_CLUSTER=external: leave the cluster up)
+	tests/e2e/demo.sh down
 
 .PHONY: test
 test: lint generated-check unit test-e2e ## The one test command: fmt, clippy, generated files, unit tests, then e2e on the local cluster

@@ -52,6 +52,7 @@ use crate::{
     validation::{self, SpecError},
 };
 
+mod alerts;
 mod blue_green;
 
 /// Page size of every list: small pages keep the peak memory of the initial list low.
@@ -119,6 +120,8 @@ pub struct Stores {
     pub disruption_budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
     /// ServiceMonitors (metadata only; empty while the CRD is not served).
     pub service_monitors: Store<PartialObjectMeta<DynamicObject>>,
+    /// PrometheusRules (metadata only; empty while the CRD is not served).
+    pub prometheus_rules: Store<PartialObjectMeta<DynamicObject>>,
 }
 
 /// Shared state of every reconcile.
@@ -133,6 +136,8 @@ pub struct Context {
     pub stores: Stores,
     /// Whether `servicemonitors.monitoring.coreos.com` is served (kept current by a CRD watch).
     pub service_monitors_served: watch::Receiver<bool>,
+    /// Whether `prometheusrules.monitoring.coreos.com` is served (kept current by a CRD watch).
+    pub prometheus_rules_served: watch::Receiver<bool>,
     /// True while this process may write (holds the lease, or runs without leader election).
     pub may_write: Arc<AtomicBool>,
     /// Consecutive transient failures per MicroService, for the per-object backoff.
@@ -449,6 +454,7 @@ async fn reconcile_inner(
         dependencies: deps.resolved.clone(),
         config_hash,
         service_monitor_supported: sm_served,
+        prometheus_rule_supported: *ctx.prometheus_rules_served.borrow(),
     };
     let desired = desired::build(ms, &inputs);
 
@@ -524,6 +530,7 @@ async fn reconcile_inner(
         )
         .await?;
     }
+    let alerts_state = alerts::ensure(ctx, ms, ns, name, desired.prometheus_rule.as_ref()).await?;
 
     // 6. Status and events.
     let observation = Observation {
@@ -539,6 +546,10 @@ async fn reconcile_inner(
     };
     let now = status::now();
     let mut next = status::derive(ms.status.as_ref(), &observation, now.clone());
+    alerts::overlay(&mut next, ms.status.as_ref(), alerts_state, &now);
+    if let Some(event) = alerts::event(ms.status.as_ref(), &next) {
+        publish(ctx, ms, event.kind, event.reason, event.note).await;
+    }
     if let Some(outcome) = rollout.as_ref() {
         crate::rollout::report::overlay(
             &mut next,
@@ -898,6 +909,13 @@ pub async fn run(
     let (served_tx, served_rx) = watch::channel(service_monitors_served(&client).await);
     info!(served = *served_rx.borrow(), "ServiceMonitor CRD detection");
     tokio::spawn(track_service_monitor_crd(client.clone(), served_tx));
+    let (rules_served_tx, rules_served_rx) = watch::channel(alerts::served(&client).await);
+    info!(
+        served = *rules_served_rx.borrow(),
+        "PrometheusRule CRD detection"
+    );
+    tokio::spawn(alerts::track_crd(client.clone(), rules_served_tx));
+    let (rules_reader, rules_stream) = alerts::watch_rules(&client, ns, rules_served_rx.clone());
 
     let ms_config = watcher::Config::default()
         .page_size(PAGE_SIZE)
@@ -955,6 +973,7 @@ pub async fn run(
         autoscalers: hpa_reader,
         disruption_budgets: pdb_reader,
         service_monitors: sm_reader,
+        prometheus_rules: rules_reader,
     };
     tokio::spawn(report_cache_sizes(stores.clone(), metrics.clone()));
 
@@ -968,6 +987,7 @@ pub async fn run(
         metrics,
         stores,
         service_monitors_served: served_rx,
+        prometheus_rules_served: rules_served_rx.clone(),
         may_write,
         failures: Mutex::new(HashMap::new()),
         trigger: trigger_tx,
@@ -980,8 +1000,10 @@ pub async fn run(
         .owns_stream(hpa_stream)
         .owns_stream(pdb_stream)
         .owns_stream_with(sm_stream, ar)
+        .owns_stream_with(rules_stream, desired::prometheus_rule::api_resource())
         .reconcile_on(trigger_rx)
-        .reconcile_all_on(served_trigger);
+        .reconcile_all_on(served_trigger)
+        .reconcile_all_on(alerts::served_changes(rules_served_rx));
     if config.watch_config_maps {
         let cm_api: Api<PartialObjectMeta<ConfigMap>> = api_for(&client, ns);
         let cm_stream = watcher(cm_api, watcher::Config::default().page_size(PAGE_SIZE))
@@ -1034,6 +1056,7 @@ async fn report_cache_sizes(stores: Stores, metrics: Arc<Metrics>) {
         metrics.set_managed("HorizontalPodAutoscaler", stores.autoscalers.len());
         metrics.set_managed("PodDisruptionBudget", stores.disruption_budgets.len());
         metrics.set_managed("ServiceMonitor", stores.service_monitors.len());
+        metrics.set_managed("PrometheusRule", stores.prometheus_rules.len());
     }
 }
 

@@ -5,8 +5,8 @@
 #
 # Phase 1 runs every test binary but one in parallel, each test in its own
 # namespace with its own operator process. Phase 2 removes the cluster-wide
-# ServiceMonitor CRD, runs the test of that path alone, and leaves the CRD
-# installed again.
+# ServiceMonitor and PrometheusRule CRDs, runs the test of that path alone, and
+# leaves the CRDs installed again.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -38,8 +38,9 @@ kubectl apply -f crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=30s crd/microservices.ferry.dev >/dev/null
 
 SMON_CRD="$(prometheus_crd servicemonitors)"
-export FERRY_SERVICEMONITOR_CRD="$SMON_CRD"
-kubectl apply --server-side -f "$SMON_CRD" >/dev/null
+PRULE_CRD="$(prometheus_crd prometheusrules)"
+export FERRY_SERVICEMONITOR_CRD="$SMON_CRD" FERRY_PROMETHEUSRULE_CRD="$PRULE_CRD"
+kubectl apply --server-side -f "$SMON_CRD" -f "$PRULE_CRD" >/dev/null
 
 # The e2e tests are #[ignore]d so that a plain `cargo test` needs no cluster;
 # here they run, and only they run.
@@ -51,9 +52,9 @@ for f in tests/e2e/tests/*.rs; do
 done
 cargo test --locked -p ferry-e2e "${binaries[@]}" -- --ignored "$@"
 
-echo "[e2e] phase 2: without the ServiceMonitor CRD"
-kubectl delete crd servicemonitors.monitoring.coreos.com --wait=true >/dev/null
+echo "[e2e] phase 2: without the ServiceMonitor and PrometheusRule CRDs"
+kubectl delete crd servicemonitors.monitoring.coreos.com prometheusrules.monitoring.coreos.com --wait=true >/dev/null
 status=0
 cargo test --locked -p ferry-e2e --test monitoring_crd_absent -- --ignored "$@" || status=$?
-kubectl apply --server-side --force-conflicts -f "$SMON_CRD" >/dev/null
+kubectl apply --server-side --force-conflicts -f "$SMON_CRD" -f "$PRULE_CRD" >/dev/null
 exit "$status"

@@ -29,6 +29,8 @@ use super::status::MicroServiceStatus;
 pub const MAX_PORTS: usize = 16;
 /// Maximum number of `dependsOn` entries.
 pub const MAX_DEPENDENCIES: usize = 32;
+/// Maximum number of mounted Secrets.
+pub const MAX_SECRETS: usize = 16;
 
 /// A MicroService is one deployable service: an image, its ports, how to check its health, how to scale
 /// and monitor it, and which other MicroServices it needs. The Ferry operator turns it into a
@@ -78,6 +80,7 @@ pub const MAX_DEPENDENCIES: usize = 32;
     validation = Rule::new("!has(self.health) || !has(self.health.port) || self.ports.exists(p, p.name == self.health.port)").message("health.port must name one of spec.ports").field_path(".health.port"),
     validation = Rule::new("!has(self.monitoring) || !has(self.monitoring.port) || self.ports.exists(p, p.name == self.monitoring.port)").message("monitoring.port must name one of spec.ports").field_path(".monitoring.port"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)").message("autoscaling on CPU needs resources.requests.cpu: the autoscaler computes utilization against the request").field_path(".resources"),
+    validation = Rule::new("!has(self.secrets) || self.secrets.all(s, s.mountPath != '/tmp' && (!has(self.config) || s.mountPath != (has(self.config.mountPath) ? self.config.mountPath : '/etc/ferry/config')))").message("secrets[].mountPath must differ from /tmp and from the config mount path").field_path(".secrets"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetMemoryUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'memory' in self.resources.requests)").message("autoscaling on memory needs resources.requests.memory: the autoscaler computes utilization against the request").field_path(".resources"),
 )]
 pub struct MicroServiceSpec {
@@ -150,6 +153,18 @@ pub struct MicroServiceSpec {
     /// A ConfigMap mounted read-only into the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigSpec>,
+
+    /// Secrets (same namespace) mounted read-only into the container, one directory each: every key
+    /// (or only `items`) becomes a file. Files are mode 0440 when `pod.fsGroup` is set (readable by
+    /// that group, which the container joins), else 0444; never writable. A Secret that does not exist
+    /// keeps the pods from starting unless `optional` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["mountPath".into()]),
+        validation = Rule::new("self.all(s, self.exists_one(t, t.mountPath == s.mountPath))").message("secrets[].mountPath must be unique")
+    )]
+    pub secrets: Option<Vec<SecretMount>>,
 
     /// Other MicroServices (same namespace) this one needs. Until every one is Available, the
     /// `DependenciesReady` condition is False and no new pods are rolled. Their addresses are injected
@@ -375,11 +390,89 @@ pub struct MonitoringSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub scrape_timeout: Option<String>,
-    /// Extra labels on the ServiceMonitor, so that a Prometheus `serviceMonitorSelector` picks it up
-    /// (kube-prometheus-stack needs `release: <its release name>`).
+    /// Extra labels on the ServiceMonitor and the PrometheusRule, so that a Prometheus
+    /// `serviceMonitorSelector` / `ruleSelector` picks them up (kube-prometheus-stack needs
+    /// `release: <its release name>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 32))]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Alert rules for this service, as a generated PrometheusRule (needs the Prometheus Operator
+    /// CRDs; without them the `PrometheusRuleReady` condition says so and nothing else changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertsSpec>,
+}
+
+/// The alerts a service team expects, generated as one PrometheusRule. The gRPC alerts read the
+/// go-grpc-prometheus metrics the services export (`grpc_server_handling_seconds`,
+/// `grpc_server_handled_total`) as scraped through the Service; the others read kube-state-metrics.
+/// Every duration is a Prometheus duration such as `5m` or `1h`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertsSpec {
+    /// Generate the PrometheusRule. Defaults to true when `alerts` is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `GrpcLatencyHigh` fires when the p99 of gRPC handling time exceeds this many
+    /// milliseconds (default 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600000))]
+    pub latency_p99_threshold_ms: Option<i32>,
+    /// How long the p99 must stay above the threshold (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub latency_for: Option<String>,
+    /// `GrpcErrorRatioHigh` fires, per `grpc_code`, when calls ending with that code exceed this
+    /// fraction of all calls (default 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub error_ratio_threshold: Option<f64>,
+    /// The gRPC codes that count as errors (default: the server-side failures Unknown,
+    /// DeadlineExceeded, Unimplemented, Internal, Unavailable and DataLoss; client mistakes such as
+    /// InvalidArgument or NotFound are answers, not errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub error_codes: Option<Vec<GrpcCode>>,
+    /// How long the error ratio must stay above the threshold (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub error_ratio_for: Option<String>,
+    /// How long a pod may stay not ready before `PodsNotReady` fires (default `15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub pods_not_ready_for: Option<String>,
+    /// With `autoscaling`: how long the autoscaler may run at `maxReplicas` before
+    /// `AutoscalerAtMaxReplicas` fires (default `15m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), regex(pattern = r"^([0-9]+(ms|s|m|h|d|w|y))+$"))]
+    pub max_replicas_for: Option<String>,
+    /// Extra labels on every alert, for routing (for example `team: payments`). `severity` here
+    /// replaces the generated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A gRPC status code, as the `grpc_code` label spells it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcCode {
+    #[serde(rename = "OK")]
+    Ok,
+    Canceled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
 }
 
 /// A PodDisruptionBudget (policy/v1). Exactly one of the two fields is set.
@@ -412,6 +505,42 @@ pub struct ConfigSpec {
     /// to pick up the new files themselves (false: hot reload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roll_on_change: Option<bool>,
+}
+
+/// A Secret mounted read-only as a directory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretMount {
+    /// Name of the Secret (same namespace).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Absolute directory the Secret's files appear in, for example `/etc/ferry/jwt`.
+    #[schemars(length(min = 2, max = 1024), regex(pattern = r"^/"))]
+    #[x_kube(validation = Rule::new("!self.contains('..') && !self.contains(':')").message("secrets[].mountPath must be an absolute path without '..' or ':'"))]
+    pub mount_path: String,
+    /// Only these keys, each at its own relative path (default: every key, as a file named after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub items: Option<Vec<SecretItem>>,
+    /// Start the pods even when the Secret (or a listed key) does not exist (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// One key of a mounted Secret and the file it becomes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretItem {
+    /// The key in the Secret's data.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// Relative file path under `mountPath` (no leading '/', no '..').
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..')").message("secrets[].items[].path must be relative and must not contain '..'"))]
+    pub path: String,
 }
 
 /// A MicroService this one depends on.

@@ -17,6 +17,8 @@ pub mod condition_type {
     pub const DEPENDENCIES_READY: &str = "DependenciesReady";
     /// The ServiceMonitor exists (or why it does not).
     pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
+    /// `monitoring.alerts` only: the PrometheusRule exists (or why it does not).
+    pub const PROMETHEUS_RULE_READY: &str = "PrometheusRuleReady";
     /// The spec cannot be reconciled; the reason and message say why. Nothing is written until it changes.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Blue-green only: the active Service selects the revision of the current spec

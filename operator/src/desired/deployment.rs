@@ -16,7 +16,7 @@ use kube::ResourceExt;
 
 use super::{
     CONFIG_HASH_ANNOTATION, Inputs, child_meta, config, dependencies, effective_replicas, labels,
-    probes, security,
+    probes, secrets, security,
 };
 use crate::crd::MicroService;
 
@@ -126,6 +126,10 @@ pub fn pod_template(ms: &MicroService, inputs: &Inputs) -> PodTemplateSpec {
     let mut volumes = vec![security::tmp_volume()];
     let mut mounts = vec![security::tmp_mount()];
     if let Some((volume, mount)) = config::config_volume(ms) {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
+    for (volume, mount) in secrets::secret_volumes(ms) {
         volumes.push(volume);
         mounts.push(mount);
     }
@@ -375,6 +379,34 @@ mod tests {
                 .as_ref()
                 .is_some_and(|c| c.name == "order-config")
         }));
+    }
+
+    #[test]
+    fn mounted_secrets_become_read_only_volumes_next_to_the_config() {
+        let ms = from(json!({
+            "config": {"name": "order-config"},
+            "secrets": [{"name": "shop-jwt", "mountPath": "/etc/ferry/jwt"}],
+            "pod": {"fsGroup": 65532}
+        }));
+        let pod = pod_spec(&deployment(&ms, &Inputs::default()));
+        let volume = pod
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.secret.is_some())
+            .expect("a secret volume");
+        let secret = volume.secret.expect("secret");
+        assert_eq!(secret.secret_name.as_deref(), Some("shop-jwt"));
+        assert_eq!(secret.default_mode, Some(0o440));
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .expect("mounts")
+            .into_iter()
+            .find(|m| m.name == volume.name)
+            .expect("its mount");
+        assert_eq!(mount.mount_path, "/etc/ferry/jwt");
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]

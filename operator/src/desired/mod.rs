@@ -12,6 +12,8 @@ pub mod deployment;
 pub mod disruption;
 pub mod labels;
 pub mod probes;
+pub mod prometheus_rule;
+pub mod secrets;
 pub mod security;
 pub mod service;
 pub mod service_monitor;
@@ -47,6 +49,8 @@ pub struct Inputs {
     pub config_hash: Option<String>,
     /// Whether the ServiceMonitor CRD is served by the cluster.
     pub service_monitor_supported: bool,
+    /// Whether the PrometheusRule CRD is served by the cluster.
+    pub prometheus_rule_supported: bool,
 }
 
 /// Every child a MicroService should have. `None` means "must not exist".
@@ -62,6 +66,8 @@ pub struct Desired {
     pub disruption_budget: Option<PodDisruptionBudget>,
     /// The ServiceMonitor, when monitoring is on and its CRD is served.
     pub service_monitor: Option<DynamicObject>,
+    /// The PrometheusRule, when alerts are on and its CRD is served.
+    pub prometheus_rule: Option<DynamicObject>,
 }
 
 /// Builds every desired child, each stamped with its spec hash.
@@ -73,6 +79,11 @@ pub fn build(ms: &MicroService, inputs: &Inputs) -> Desired {
         disruption_budget: disruption::disruption_budget(ms).map(stamp),
         service_monitor: if inputs.service_monitor_supported {
             service_monitor::service_monitor(ms).map(stamp)
+        } else {
+            None
+        },
+        prometheus_rule: if inputs.prometheus_rule_supported {
+            prometheus_rule::prometheus_rule(ms).map(stamp)
         } else {
             None
         },
@@ -247,6 +258,19 @@ mod tests {
         assert!(desired.autoscaler.is_none());
         assert!(desired.disruption_budget.is_none());
         assert!(desired.service_monitor.is_none());
+    }
+
+    #[test]
+    fn the_prometheus_rule_is_built_only_when_alerts_are_asked_for_and_its_crd_is_served() {
+        let ms = from(json!({"monitoring": {"alerts": {}}}));
+        assert!(build(&ms, &Inputs::default()).prometheus_rule.is_none());
+        let served = Inputs {
+            prometheus_rule_supported: true,
+            ..Inputs::default()
+        };
+        let rule = build(&ms, &served).prometheus_rule.expect("rule");
+        assert!(spec_hash_of(&rule).is_some());
+        assert!(build(&order(), &served).prometheus_rule.is_none());
     }
 
     #[test]

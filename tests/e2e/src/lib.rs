@@ -9,6 +9,7 @@
 mod diagnostics;
 mod microservice;
 mod operator;
+pub mod tools;
 mod wait;
 
 pub use diagnostics::{dump_namespace, register_log_file};

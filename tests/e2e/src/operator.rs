@@ -24,6 +24,17 @@ impl OperatorProcess {
     /// Starts the operator for `namespace` with extra flags, e.g.
     /// `["--leader-election", "true"]`. `label` tells several apart in logs.
     pub fn start(namespace: &str, label: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_env(namespace, label, extra_args, &[])
+    }
+
+    /// [`OperatorProcess::start`] with extra environment variables, e.g. a `KUBECONFIG`
+    /// holding another identity.
+    pub fn start_with_env(
+        namespace: &str,
+        label: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let bin = std::env::var("FERRY_OPERATOR_BIN").unwrap_or_else(|_| {
             panic!("FERRY_OPERATOR_BIN is not set: run the e2e tier with `make test-e2e`, which builds the operator")
         });
@@ -44,6 +55,7 @@ impl OperatorProcess {
         let child = command
             .args(extra_args)
             .env("RUST_LOG", "info,ferry_operator=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))

@@ -159,18 +159,28 @@ async fn annotate(ctx: &TestContext, name: &str, annotations: Value) {
         .unwrap_or_else(|e| panic!("annotate msvc/{name}: {e}"));
 }
 
+/// Events with `reason` in the test's namespace, once there is at least one (0 if none came within
+/// the default timeout). NB: the operator writes the status before it publishes the Events of the
+/// same transition, so a test that just saw the status must wait for them.
 async fn event_count(ctx: &TestContext, reason: &str) -> usize {
     let events: Api<Event> = ctx.api();
-    events
-        .list(&ListParams::default())
-        .await
-        .map(|l| {
-            l.items
-                .iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .count()
-        })
-        .unwrap_or_default()
+    let count = || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some(reason))
+                    .count()
+            })
+            .unwrap_or_default()
+    };
+    let _ = wait_until(&format!("a {reason} Event"), DEFAULT_TIMEOUT, || async {
+        (count().await > 0).then_some(())
+    })
+    .await;
+    count().await
 }
 
 /// A loopback HTTP server answering every request with the current status code; counts requests.

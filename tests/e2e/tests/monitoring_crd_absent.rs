@@ -1,7 +1,8 @@
-//! Runs alone, with the Prometheus Operator's ServiceMonitor CRD removed from
-//! the cluster (tests/e2e/run.sh does that around this binary, since CRDs are
-//! cluster-wide): the operator must still reconcile, say why there is no
-//! ServiceMonitor, and pick the CRD up once it is installed.
+//! Runs alone, with the Prometheus Operator's ServiceMonitor and PrometheusRule
+//! CRDs removed from the cluster (tests/e2e/run.sh does that around this
+//! binary, since CRDs are cluster-wide): the operator must still reconcile, say
+//! why there is no ServiceMonitor and no PrometheusRule, and pick the CRDs up
+//! once they are installed.
 
 use ferry_e2e::{
     DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition, in_namespace, wait_until,
@@ -17,22 +18,27 @@ use kube::{
 use serde_json::json;
 
 const CRD: &str = "servicemonitors.monitoring.coreos.com";
+const RULE_CRD: &str = "prometheusrules.monitoring.coreos.com";
 
 #[tokio::test]
-#[ignore = "needs a cluster without the ServiceMonitor CRD: make test-e2e"]
-async fn without_the_service_monitor_crd_everything_else_reconciles_and_the_status_says_why() {
+#[ignore = "needs a cluster without the ServiceMonitor and PrometheusRule CRDs: make test-e2e"]
+async fn without_the_monitoring_crds_everything_else_reconciles_and_the_status_says_why() {
     in_namespace("msvc-no-smon", |ctx: TestContext| async move {
         let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
         assert!(
             crds.get_opt(CRD).await.expect("get crd").is_none(),
             "precondition: run this test through tests/e2e/run.sh, which removes {CRD}"
         );
+        assert!(
+            crds.get_opt(RULE_CRD).await.expect("get crd").is_none(),
+            "precondition: run this test through tests/e2e/run.sh, which removes {RULE_CRD}"
+        );
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
         let spec = json!({
             "image": PAUSE_IMAGE,
             "replicas": 1,
             "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}, {"name": "metrics", "port": 9090, "protocol": "http"}],
-            "monitoring": {"enabled": true, "port": "metrics"}
+            "monitoring": {"enabled": true, "port": "metrics", "alerts": {}}
         });
         ctx.create_microservice("orders", spec).await.expect("create msvc");
 
@@ -41,6 +47,12 @@ async fn without_the_service_monitor_crd_everything_else_reconciles_and_the_stat
         assert_eq!(smon["status"], "False");
         let why = format!("{} {}", smon["reason"], smon["message"]);
         assert!(why.contains("ServiceMonitor") || why.contains("CRD"), "the condition says why: {why}");
+        let rule = condition(&ms, "PrometheusRuleReady").expect("a PrometheusRuleReady condition");
+        assert_eq!((rule["status"].as_str(), rule["reason"].as_str()), (Some("False"), Some("CRDNotInstalled")));
+        assert!(
+            rule["message"].as_str().unwrap_or_default().contains(RULE_CRD),
+            "the condition names the missing CRD: {rule}"
+        );
         let deployments: Api<Deployment> = ctx.api();
         let services: Api<Service> = ctx.api();
         assert!(deployments.get_opt("orders").await.expect("get").is_some(), "the Deployment exists anyway");
@@ -63,6 +75,23 @@ async fn without_the_service_monitor_crd_everything_else_reconciles_and_the_stat
         .await
         .expect("ServiceMonitor created after the CRD appeared");
         ctx.wait_for_condition("orders", "ServiceMonitorReady", "True").await;
+
+        // Then the PrometheusRule CRD: the operator notices and creates the rule.
+        let path = std::env::var("FERRY_PROMETHEUSRULE_CRD").expect("FERRY_PROMETHEUSRULE_CRD (set by run.sh)");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse CRD");
+        crds.patch(RULE_CRD, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule"),
+            "prometheusrules",
+        );
+        let rules: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ctx.namespace, &resource);
+        wait_until("the PrometheusRule once its CRD is served", DEFAULT_TIMEOUT, || async {
+            rules.get_opt("orders").await.ok().flatten()
+        })
+        .await
+        .expect("PrometheusRule created after the CRD appeared");
+        ctx.wait_for_condition("orders", "PrometheusRuleReady", "True").await;
     })
     .await;
 }
