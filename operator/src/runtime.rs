@@ -43,6 +43,8 @@ pub struct Options {
     pub identity: String,
     /// Reconciles running at once.
     pub concurrency: u16,
+    /// Quiet period that merges a burst of events for one MicroService into one reconcile.
+    pub debounce: std::time::Duration,
     /// Watch one namespace only.
     pub namespace: Option<String>,
     /// Watch ConfigMaps for `rollOnChange`.
@@ -145,6 +147,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let controller_config = reconciler::ControllerConfig {
         namespace: options.namespace.clone(),
         concurrency: options.concurrency,
+        debounce: options.debounce,
         watch_config_maps: options.watch_config_maps,
         instance: options.identity.clone(),
     };

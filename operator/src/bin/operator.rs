@@ -38,6 +38,10 @@ struct Args {
     /// Reconciles running at once (never unbounded).
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
+    /// Milliseconds of quiet before a MicroService is reconciled: a burst of events (a child created,
+    /// its status updated twice) becomes one reconcile. 0 turns it off.
+    #[arg(long, env = "FERRY_DEBOUNCE_MS", default_value_t = 100)]
+    debounce_ms: u64,
     /// Watch this namespace only (default: all namespaces).
     #[arg(long, env = "FERRY_NAMESPACE")]
     namespace: Option<String>,
@@ -74,6 +78,7 @@ async fn main() -> ExitCode {
         lease_grace_seconds: args.lease_grace,
         identity: identity(args.identity),
         concurrency: args.concurrency.max(1),
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
         namespace: args.namespace,
         watch_config_maps: args.watch_config_maps,
     };

@@ -17,16 +17,14 @@ use std::{
 
 use ferry_e2e::{OperatorProcess, PAUSE_IMAGE, microservice_resource, unique_suffix, wait_until};
 use futures::{StreamExt, stream};
-use k8s_openapi::api::{
-    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Namespace,
-    core::v1::Service,
-};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{
-        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta,
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PartialObjectMeta,
         PostParams,
     },
+    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
 };
 use serde_json::json;
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpStream};
@@ -45,6 +43,10 @@ struct Round {
     n: usize,
     create: Duration,
     converge: Duration,
+    /// Time until every MicroService reports `Available` (its pods Ready, on kwok's schedule).
+    available: Duration,
+    /// CPU seconds each process spent from the first create to convergence.
+    cpu: BTreeMap<String, f64>,
     peak_rss_kib: u64,
     idle_by_verb: BTreeMap<String, f64>,
     idle_operator_writes: f64,
@@ -65,14 +67,30 @@ async fn main() {
         .unwrap_or(60);
     let client = ferry_e2e::client().await;
     let mut rounds = Vec::new();
+    let mut baselines = Vec::new();
     for (i, n) in sizes.into_iter().enumerate() {
+        baselines.push((n, baseline(&client, n).await));
         rounds.push(round(&client, n, Duration::from_secs(idle), 18090 + i as u16).await);
     }
     println!();
     println!(
-        "| MicroServices | create (client) | converged | operator peak RSS | API requests in {idle} s idle (managed kinds, by verb) | operator writes while idle | HTTP 429 |"
+        "Baseline, no operator: the same children (Deployment, Service, HPA, PDB, ServiceMonitor) applied directly, 16 objects' children in flight"
     );
-    println!("|---:|---:|---:|---:|---|---:|---:|");
+    println!("| objects | all children exist after | CPU seconds (process: s) |");
+    println!("|---:|---:|---|");
+    for (n, (took, cpu)) in &baselines {
+        println!("| {n} | {:.1} s | {} |", took.as_secs_f64(), cpu_line(cpu));
+    }
+    println!();
+    println!("CPU seconds from the first create to convergence, per process:");
+    for r in &rounds {
+        println!("- {}: {}", r.n, cpu_line(&r.cpu));
+    }
+    println!();
+    println!(
+        "| MicroServices | create (client) | converged | all Available | operator peak RSS | API requests in {idle} s idle (managed kinds, by verb) | operator writes while idle | HTTP 429 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---|---:|---:|");
     for r in rounds {
         let verbs = if r.idle_by_verb.is_empty() {
             "none".to_string()
@@ -84,10 +102,11 @@ async fn main() {
                 .join(", ")
         };
         println!(
-            "| {} | {:.1} s | {:.1} s | {:.1} MiB | {} | {} | {} |",
+            "| {} | {:.1} s | {:.1} s | {:.1} s | {:.1} MiB | {} | {} | {} |",
             r.n,
             r.create.as_secs_f64(),
             r.converge.as_secs_f64(),
+            r.available.as_secs_f64(),
             r.peak_rss_kib as f64 / 1024.0,
             verbs,
             r.idle_operator_writes,
@@ -98,41 +117,25 @@ async fn main() {
 
 async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> Round {
     let ns = format!("bench-{n}-{}", unique_suffix());
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create namespace");
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &ns);
-    wait_until(
-        "the default ServiceAccount",
-        Duration::from_secs(60),
-        || async { accounts.get_opt("default").await.ok().flatten() },
-    )
-    .await
-    .expect("namespace ready");
+    create_namespace(client, &ns).await;
 
     let before_round = apiserver_requests(client).await;
     let addr = format!("127.0.0.1:{metrics_port}");
+    let concurrency = std::env::var("BENCH_OPERATOR_CONCURRENCY").unwrap_or_else(|_| "8".into());
     let operator = OperatorProcess::start(
         &ns,
         "bench",
-        &["--metrics-addr", &addr, "--concurrency", "8"],
+        &["--metrics-addr", &addr, "--concurrency", &concurrency],
     );
     let pid = operator.pid().expect("operator pid");
 
     eprintln!("[bench] {n}: creating MicroServices in {ns}");
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &microservice_resource());
+    // NB: convergence is observed through watches, not by polling lists: listing 1,000 full
+    // MicroServices five times a second cost the apiserver more CPU than the operator's own work.
+    let watched = Watched::start(client, &ns);
+    let cpu_before = cpu_seconds(Some(pid));
     let start = Instant::now();
     stream::iter(0..n)
         .for_each_concurrent(16, |i| {
@@ -151,46 +154,58 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
         .await;
     let create = start.elapsed();
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-    let sm_resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
-        "servicemonitors",
-    );
-    let sms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &sm_resource);
     let operator = std::sync::Mutex::new(operator);
     wait_until("convergence", Duration::from_secs(600), || async {
         if let Ok(mut op) = operator.lock() {
             assert!(op.is_running(), "the operator exited:\n{}", op.log_text());
         }
-        let lp = ListParams::default();
-        let current = api
-            .list(&lp)
-            .await
-            .ok()?
-            .items
+        let current = watched
+            .microservices
+            .state()
             .iter()
             .filter(|m| {
                 m.metadata.generation.is_some()
                     && m.metadata.generation == m.data["status"]["observedGeneration"].as_i64()
             })
             .count();
-        let counts = [
-            current,
-            deployments.list_metadata(&lp).await.ok()?.items.len(),
-            services.list_metadata(&lp).await.ok()?.items.len(),
-            hpas.list_metadata(&lp).await.ok()?.items.len(),
-            sms.list_metadata(&lp).await.ok()?.items.len(),
-        ];
+        let mut counts = vec![current];
+        counts.extend(watched.children.iter().map(|c| c.state().len()));
         counts.iter().all(|c| *c == n).then_some(())
     })
     .await
     .expect("converged");
     let converge = start.elapsed();
+    let cpu = cpu_delta(&cpu_before, &cpu_seconds(Some(pid)));
     eprintln!(
-        "[bench] {n}: converged after {:.1} s; idle window {:?}",
-        converge.as_secs_f64(),
+        "[bench] {n}: converged after {:.1} s",
+        converge.as_secs_f64()
+    );
+    // NB: the idle window starts once nothing is left to observe: every pod Ready and every
+    // MicroService Available. Before that the status still changes and is rightly written.
+    wait_until(
+        "every MicroService Available",
+        Duration::from_secs(600),
+        || async {
+            let available = watched
+                .microservices
+                .state()
+                .iter()
+                .filter(|m| {
+                    m.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Available" && c["status"] == "True")
+                    })
+                })
+                .count();
+            (available == n).then_some(())
+        },
+    )
+    .await
+    .expect("every MicroService Available");
+    let available = start.elapsed();
+    eprintln!(
+        "[bench] {n}: all Available after {:.1} s; idle window {:?}",
+        available.as_secs_f64(),
         idle
     );
 
@@ -221,13 +236,13 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
         .map(|(k, v)| v - before_round.get(k).copied().unwrap_or(0.0))
         .sum();
     drop(operator);
-    let _ = Api::<Namespace>::all(client.clone())
-        .delete(&ns, &DeleteParams::background())
-        .await;
+    delete_namespace(client, &ns).await;
     Round {
         n,
         create,
         converge,
+        available,
+        cpu,
         peak_rss_kib,
         idle_by_verb,
         idle_operator_writes: idle_end_writes - idle_start_writes,
@@ -297,4 +312,266 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// Control-plane throughput without the operator: for `n` objects, applies the
+/// children a MicroService would get (similar objects, no owner) with the same
+/// concurrency as the MicroService creates, each object's children in sequence.
+/// Returns the time until every child exists and the CPU seconds spent.
+async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>) {
+    let ns = format!("bench-base-{n}-{}", unique_suffix());
+    create_namespace(client, &ns).await;
+    let kinds = [
+        ("apps", "v1", "Deployment", "deployments"),
+        ("", "v1", "Service", "services"),
+        (
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+        ),
+        (
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+        ),
+        (
+            "monitoring.coreos.com",
+            "v1",
+            "ServiceMonitor",
+            "servicemonitors",
+        ),
+    ];
+    let cpu_before = cpu_seconds(None);
+    let start = Instant::now();
+    stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let client = client.clone();
+            let ns = ns.clone();
+            async move {
+                let name = format!("svc-{i:04}");
+                for (group, version, kind, plural) in kinds {
+                    let ar = ApiResource::from_gvk_with_plural(
+                        &GroupVersionKind::gvk(group, version, kind),
+                        plural,
+                    );
+                    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+                    let mut obj = DynamicObject::new(&name, &ar).data(baseline_child(kind, &name));
+                    obj.metadata.labels = Some(BTreeMap::from([
+                        ("app.kubernetes.io/name".to_string(), name.clone()),
+                        (
+                            "app.kubernetes.io/managed-by".to_string(),
+                            "ferry-bench-baseline".to_string(),
+                        ),
+                    ]));
+                    api.patch(
+                        &name,
+                        &kube::api::PatchParams::apply("ferry-bench-baseline").force(),
+                        &kube::api::Patch::Apply(&obj),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("baseline apply {kind} {name}: {e}"));
+                }
+            }
+        })
+        .await;
+    let took = start.elapsed();
+    let cpu = cpu_delta(&cpu_before, &cpu_seconds(None));
+    delete_namespace(client, &ns).await;
+    eprintln!(
+        "[bench] baseline {n}: children applied in {:.1} s",
+        took.as_secs_f64()
+    );
+    (took, cpu)
+}
+
+/// The body of one baseline child, shaped like the operator's.
+fn baseline_child(kind: &str, name: &str) -> serde_json::Value {
+    let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "ferry-bench-baseline"});
+    let selector = json!({"matchLabels": {"app.kubernetes.io/name": name}});
+    match kind {
+        "Deployment" => json!({"spec": {
+            "replicas": 1,
+            "selector": selector,
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "app", "image": PAUSE_IMAGE,
+                    "ports": [{"name": "grpc", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}],
+                    "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+                    "readinessProbe": {"grpc": {"port": 8080}},
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                        "capabilities": {"drop": ["ALL"]}}
+                }]
+            }}
+        }}),
+        "Service" => json!({"spec": {
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [{"name": "grpc", "port": 8080, "appProtocol": "kubernetes.io/h2c"},
+                      {"name": "metrics", "port": 9090, "appProtocol": "http"}]
+        }}),
+        "HorizontalPodAutoscaler" => json!({"spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": 1, "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }}),
+        "PodDisruptionBudget" => {
+            json!({"spec": {"maxUnavailable": 1, "selector": selector}})
+        }
+        _ => json!({"spec": {
+            "selector": selector,
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+        }}),
+    }
+}
+
+async fn create_namespace(client: &Client, ns: &str) {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.to_string()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create namespace");
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), ns);
+    wait_until(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || async { accounts.get_opt("default").await.ok().flatten() },
+    )
+    .await
+    .expect("namespace ready");
+}
+
+/// CPU seconds (user + system) so far of every local-cluster process (from
+/// `target/cluster/pids`) and of the operator, by name. Empty for an external cluster.
+fn cpu_seconds(operator: Option<u32>) -> BTreeMap<String, f64> {
+    let mut pids: Vec<(String, u32)> = std::fs::read_dir("target/cluster/pids")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), pid))
+        })
+        .collect();
+    pids.extend(operator.map(|p| ("operator".to_string(), p)));
+    pids.into_iter()
+        .filter_map(|(name, pid)| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces) start at state (field 3);
+            // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some((name, ticks / 100.0))
+        })
+        .collect()
+}
+
+fn cpu_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+fn cpu_line(cpu: &BTreeMap<String, f64>) -> String {
+    let total: f64 = cpu.values().sum();
+    let mut parts: Vec<String> = cpu.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+    parts.push(format!("total {total:.1}"));
+    parts.join(", ")
+}
+
+/// In-memory views of the bench namespace, kept by watches.
+struct Watched {
+    microservices: Store<DynamicObject>,
+    /// Deployments, Services, HPAs and ServiceMonitors (metadata only).
+    children: Vec<Store<PartialObjectMeta<DynamicObject>>>,
+}
+
+impl Watched {
+    fn start(client: &Client, ns: &str) -> Self {
+        let ms_ar = microservice_resource();
+        let writer = reflector::store::Writer::new(ms_ar.clone());
+        let microservices = writer.as_reader();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ms_ar);
+        tokio::spawn(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .for_each(|_| async {}),
+        );
+        let children = [
+            ("apps", "v1", "Deployment", "deployments"),
+            ("", "v1", "Service", "services"),
+            (
+                "autoscaling",
+                "v2",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+            ),
+            (
+                "monitoring.coreos.com",
+                "v1",
+                "ServiceMonitor",
+                "servicemonitors",
+            ),
+        ]
+        .into_iter()
+        .map(|(group, version, kind, plural)| {
+            let ar = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(group, version, kind),
+                plural,
+            );
+            let writer = reflector::store::Writer::new(ar.clone());
+            let reader = writer.as_reader();
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::namespaced_with(client.clone(), ns, &ar);
+            tokio::spawn(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .reflect(writer)
+                    .for_each(|_| async {}),
+            );
+            reader
+        })
+        .collect();
+        Self {
+            microservices,
+            children,
+        }
+    }
+}
+
+/// Deletes a bench namespace and waits until it is gone: tearing down 1,000 objects loads the
+/// control plane, and the next measurement must not pay for it.
+async fn delete_namespace(client: &Client, ns: &str) {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let _ = namespaces.delete(ns, &DeleteParams::background()).await;
+    eprintln!("[bench] deleting namespace {ns}");
+    wait_until(
+        "the namespace to be gone",
+        Duration::from_secs(900),
+        || async { matches!(namespaces.get_opt(ns).await, Ok(None)).then_some(()) },
+    )
+    .await
+    .expect("namespace deleted");
 }
