@@ -324,7 +324,9 @@ async fn publish_status(
         publish(ctx, ms, event.kind, event.reason, event.note).await;
     }
     let was_available = previous.is_some_and(|p| p.is_true(crate::crd::condition_type::AVAILABLE));
-    if was_available != next.is_true(crate::crd::condition_type::AVAILABLE) {
+    // NB: a first status means the MicroService just appeared: its dependents may have been
+    // waiting for it to exist (or may now close a cycle), so they look again at once.
+    if previous.is_none() || was_available != next.is_true(crate::crd::condition_type::AVAILABLE) {
         wake_dependents(ctx, ms);
     }
     Ok(())
@@ -424,7 +426,19 @@ async fn reconcile_inner(
         .flatten()
         .filter_map(|d| lookup(&ctx.stores.microservices, ns, &d.name).map(|m| (d.name.clone(), m)))
         .collect();
-    let deps = dependencies::resolve(ms, |n| deps_map.get(n).map(AsRef::as_ref));
+    let mut deps = dependencies::resolve(ms, |n| deps_map.get(n).map(AsRef::as_ref));
+    if !deps_map.is_empty() {
+        deps.cycle = dependencies::cycle_through(name, |n| {
+            lookup(&ctx.stores.microservices, ns, n).map(|m| {
+                m.spec
+                    .depends_on
+                    .iter()
+                    .flatten()
+                    .map(|d| d.name.clone())
+                    .collect()
+            })
+        });
+    }
 
     // 3. The ConfigMap hash, when a change should roll the pods.
     let mut notes = Vec::new();

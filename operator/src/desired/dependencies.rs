@@ -27,6 +27,8 @@ pub struct DependencyState {
     pub missing: Vec<String>,
     /// `name: why` for dependencies whose requested port does not exist.
     pub unresolvable: Vec<String>,
+    /// A `dependsOn` cycle through this MicroService (`a → b → a`), which can never open.
+    pub cycle: Option<Vec<String>>,
 }
 
 impl DependencyState {
@@ -34,6 +36,7 @@ impl DependencyState {
     pub fn ready(&self) -> bool {
         self.missing.is_empty()
             && self.unresolvable.is_empty()
+            && self.cycle.is_none()
             && self.resolved.iter().all(|d| d.available)
     }
 
@@ -49,6 +52,12 @@ impl DependencyState {
     /// A one-line summary for the `DependenciesReady` condition.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
+        if let Some(cycle) = &self.cycle {
+            parts.push(format!(
+                "dependency cycle: {} (remove one dependsOn entry)",
+                cycle.join(" → ")
+            ));
+        }
         if !self.missing.is_empty() {
             parts.push(format!("not found: {}", self.missing.join(", ")));
         }
@@ -69,6 +78,41 @@ impl DependencyState {
             parts.join("; ")
         }
     }
+}
+
+/// The first `dependsOn` cycle that leads back to `start`, as the names along it (`start` first and
+/// last). `depends_on` gives the dependency names of a MicroService in the same namespace (`None` for
+/// one that does not exist). Without this, every member of a cycle would wait for the others forever
+/// with a message that only says "not Available".
+pub fn cycle_through(
+    start: &str,
+    depends_on: impl Fn(&str) -> Option<Vec<String>>,
+) -> Option<Vec<String>> {
+    fn walk(
+        node: &str,
+        start: &str,
+        depends_on: &dyn Fn(&str) -> Option<Vec<String>>,
+        path: &mut Vec<String>,
+        seen: &mut std::collections::BTreeSet<String>,
+    ) -> bool {
+        for next in depends_on(node).unwrap_or_default() {
+            if next == start {
+                path.push(next);
+                return true;
+            }
+            if seen.insert(next.clone()) {
+                path.push(next.clone());
+                if walk(&next, start, depends_on, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start.to_string()];
+    let mut seen = std::collections::BTreeSet::from([start.to_string()]);
+    walk(start, start, &depends_on, &mut path, &mut seen).then_some(path)
 }
 
 /// The default variable name for a dependency: `inventory-api` → `INVENTORY_API_ADDR`.
@@ -233,6 +277,66 @@ mod tests {
         assert_eq!(env.len(), 1);
         assert_eq!(env[0].name, "PAYMENTS_ADDR");
         assert_eq!(env[0].value.as_deref(), Some("payments.shop.svc:9000"));
+    }
+
+    fn graph(edges: &[(&str, &[&str])]) -> impl Fn(&str) -> Option<Vec<String>> {
+        let map: BTreeMap<String, Vec<String>> = edges
+            .iter()
+            .map(|(from, to)| (from.to_string(), to.iter().map(|t| t.to_string()).collect()))
+            .collect();
+        move |n| map.get(n).cloned()
+    }
+
+    #[test]
+    fn a_two_service_cycle_is_found_and_named_in_order() {
+        let deps = graph(&[("order", &["inventory"]), ("inventory", &["order"])]);
+        assert_eq!(
+            cycle_through("order", deps),
+            Some(vec!["order".into(), "inventory".into(), "order".into()])
+        );
+    }
+
+    #[test]
+    fn a_longer_cycle_behind_a_harmless_branch_is_found() {
+        let deps = graph(&[
+            ("a", &["leaf", "b"]),
+            ("leaf", &[]),
+            ("b", &["c"]),
+            ("c", &["a"]),
+        ]);
+        assert_eq!(
+            cycle_through("a", deps),
+            Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+        );
+    }
+
+    #[test]
+    fn a_diamond_without_a_cycle_is_not_a_cycle() {
+        let deps = graph(&[("a", &["b", "c"]), ("b", &["d"]), ("c", &["d"]), ("d", &[])]);
+        assert_eq!(cycle_through("a", deps), None);
+    }
+
+    #[test]
+    fn a_cycle_that_does_not_pass_through_the_service_is_not_its_cycle() {
+        // `a` waits on `b`, which is stuck in its own cycle with `c`: `a` reports `b` not Available.
+        let deps = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["b"])]);
+        assert_eq!(cycle_through("a", deps), None);
+    }
+
+    #[test]
+    fn a_cycle_closes_the_gate_and_the_summary_names_it() {
+        let state = DependencyState {
+            cycle: Some(vec!["order".into(), "inventory".into(), "order".into()]),
+            ..DependencyState::default()
+        };
+        assert!(!state.ready());
+        assert!(
+            state
+                .summary()
+                .contains("dependency cycle: order → inventory → order"),
+            "{}",
+            state.summary()
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition_status, in_namespace,
-    wait_until,
+    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition, condition_status,
+    in_namespace, wait_until,
 };
 use k8s_openapi::{
     api::{
@@ -400,6 +400,48 @@ async fn a_dependency_gate_holds_until_the_dependency_is_available() {
                 .any(|v| v.contains(&format!("inventory.{}.svc", ctx.namespace))),
             "the dependency's DNS name is injected: {values:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn a_dependency_cycle_is_named_on_each_member_and_rolls_nothing() {
+    in_namespace("msvc-cycle", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        for (name, depends_on) in [("ping", "pong"), ("pong", "ping")] {
+            let mut spec = plain_spec();
+            spec["dependsOn"] = json!([{ "name": depends_on }]);
+            ctx.create_microservice(name, spec)
+                .await
+                .unwrap_or_else(|e| panic!("create {name}: {e}"));
+        }
+        let api = ctx.microservices();
+        for (name, cycle) in [
+            ("ping", "ping → pong → ping"),
+            ("pong", "pong → ping → pong"),
+        ] {
+            let message = wait_until(
+                "DependenciesReady=False naming the cycle",
+                DEFAULT_TIMEOUT,
+                || async {
+                    let ms = api.get(name).await.ok()?;
+                    let c = condition(&ms, "DependenciesReady")?;
+                    let message = c["message"].as_str()?.to_string();
+                    (c["status"] == "False" && message.contains(cycle)).then_some(message)
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(message.contains("dependency cycle"), "{message}");
+        }
+        let deployments: Api<Deployment> = ctx.api();
+        for name in ["ping", "pong"] {
+            assert!(
+                deployments.get_opt(name).await.expect("get").is_none(),
+                "no pods roll for {name} while its dependencies form a cycle"
+            );
+        }
     })
     .await;
 }
