@@ -31,7 +31,7 @@ test: lint generated-check unit test-e2e ## The one test command: fmt, clippy, g
 lint: ## cargo fmt --check and clippy -D warnings, plus shellcheck when installed
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	@if command -v shellcheck >/dev/null; then shellcheck -x $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh services/scripts/*.sh .ci/run; fi
+	@if command -v shellcheck >/dev/null; then shellcheck -x $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh tests/e2e/images/*.sh services/scripts/*.sh .ci/run; fi
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types and copy them into the chart
@@ -80,21 +80,36 @@ bench-rollout: ## Blue-green promotion overhead (green available -> selector swi
 	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator \
 	  target/release/examples/bench_rollout $(ROLLOUTS)
 
+REAL_NS := nsenter --net=/var/run/netns/ferry-node
+REAL_KUBECONFIG := $(CURDIR)/target/cluster-real/kubeconfig
+RATE ?= 500
+.PHONY: bench-cutover
+bench-cutover: ## Blue-green cutover on the real node under RATE CreateOrder/s: failed calls, p50/p99 around the switch, time to green (root)
+	tests/e2e/images/build.sh >/dev/null
+	$(CARGO) build --release --locked -p ferry-e2e --bin bench_cutover
+	NODE=real $(CLUSTER)/up.sh >/dev/null
+	$(REAL_NS) $(BIN)/kubectl --kubeconfig $(REAL_KUBECONFIG) apply -f crds/ >/dev/null
+	$(REAL_NS) env KUBECONFIG=$(REAL_KUBECONFIG) FERRY_REAL_NODE=1 PATH="$(BIN):$$PATH" target/release/bench_cutover $(RATE)
+
 ## ---- local cluster ----------------------------------------------------------
 .PHONY: tools
 tools: ## Build (or find cached) etcd, kube-*, kubectl, kwok and helm from the Go module proxy
 	$(CLUSTER)/build.sh
 
 .PHONY: cluster-up
-cluster-up: ## Start the local cluster; writes target/cluster/kubeconfig (MONITORING_CRDS=0 skips the Prometheus CRDs)
+cluster-up: ## Start the local cluster; writes target/cluster/kubeconfig (MONITORING_CRDS=0 skips the Prometheus CRDs; NODE=real: a real node, see tests/e2e/cluster/real-node.sh)
 	$(CLUSTER)/up.sh
 
 .PHONY: cluster-down
-cluster-down: ## Stop every cluster process and remove its state
+cluster-down: ## Stop every cluster process and remove its state (NODE=real: the real node, its netns and mounts)
 	$(CLUSTER)/down.sh
 
 ## ---- images, for machines with Docker --------------------------------------
 IMAGE_TAG ?= dev
+.PHONY: images-oci
+images-oci: ## Build the same images without Docker, as OCI archives in target/images (what the real node imports)
+	tests/e2e/images/build.sh
+
 .PHONY: images
 images: ## Build the operator, order-service and inventory-service images with Docker
 	docker build -f operator/Dockerfile -t ferry/operator:$(IMAGE_TAG) .

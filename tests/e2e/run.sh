@@ -44,11 +44,11 @@ kubectl apply --server-side -f "$SMON_CRD" -f "$PRULE_CRD" >/dev/null
 
 # The e2e tests are #[ignore]d so that a plain `cargo test` needs no cluster;
 # here they run, and only they run.
-echo "[e2e] phase 1: all tests but the CRD-absent one"
+echo "[e2e] phase 1: all tests but the CRD-absent and real-node ones"
 binaries=()
 for f in tests/e2e/tests/*.rs; do
   name="$(basename "$f" .rs)"
-  [[ $name == monitoring_crd_absent ]] || binaries+=(--test "$name")
+  [[ $name == monitoring_crd_absent || $name == real_node ]] || binaries+=(--test "$name")
 done
 cargo test --locked -p ferry-e2e "${binaries[@]}" -- --ignored "$@"
 
@@ -57,4 +57,52 @@ kubectl delete crd servicemonitors.monitoring.coreos.com prometheusrules.monitor
 status=0
 cargo test --locked -p ferry-e2e --test monitoring_crd_absent -- --ignored "$@" || status=$?
 kubectl apply --server-side --force-conflicts -f "$SMON_CRD" -f "$PRULE_CRD" >/dev/null
-exit "$status"
+[[ $status == 0 ]] || exit "$status"
+
+# Phase 3: real pods on a real node (containerd, kubelet, kube-proxy, CoreDNS in
+# a network namespace; see cluster/real-node.sh). REAL_NODE=auto (default) runs
+# it when this machine can (root, the Debian packages .ci/run installs); 1
+# requires it (CI); 0 skips it. The kwok cluster is stopped first when this
+# script started it, so the two cores go to the real node.
+real_node_blocker() {
+  [[ "$(id -u)" == 0 ]] || { echo "not root (network namespaces, containerd and the kubelet need it)"; return; }
+  local missing
+  missing="$(NODE=real CLUSTER_DIR=/nonexistent ROOT="$ROOT" bash -c 'source "$1/real-node.sh"; real_node_packages_missing' _ "$CLUSTER" | tr '\n' ' ')"
+  [[ -z ${missing// /} ]] || echo "missing Debian packages: $missing(.ci/run installs them)"
+}
+REAL_NODE="${REAL_NODE:-auto}"
+if [[ "${E2E_EXTERNAL:-0}" == 1 ]]; then
+  echo "[e2e] phase 3 (real node) skipped: E2E_EXTERNAL=1 (on kind, run the same file against its real nodes)"
+  exit 0
+fi
+if [[ $REAL_NODE == 0 ]]; then
+  echo "[e2e] phase 3 (real node) skipped: REAL_NODE=0"
+  exit 0
+fi
+blocker="$(real_node_blocker)"
+if [[ -n $blocker ]]; then
+  if [[ $REAL_NODE == 1 ]]; then
+    echo "[e2e] phase 3 (real node) required but impossible here: $blocker" >&2
+    exit 1
+  fi
+  echo "[e2e] phase 3 (real node) skipped: $blocker"
+  exit 0
+fi
+if [[ $started == 1 ]]; then
+  "$CLUSTER/down.sh"
+  trap - EXIT
+fi
+echo "[e2e] phase 3: real node; building the images (no Docker, nothing pulled)"
+tests/e2e/images/build.sh >/dev/null
+cargo test --release --locked -p ferry-e2e --test real_node --no-run
+NODE=real "$CLUSTER/down.sh" >/dev/null 2>&1 || true
+trap 'NODE=real "$CLUSTER/down.sh"' EXIT
+NODE=real "$CLUSTER/up.sh" >/dev/null
+REAL_KUBECONFIG="$ROOT/target/cluster-real/kubeconfig"
+nsenter --net=/var/run/netns/ferry-node kubectl --kubeconfig "$REAL_KUBECONFIG" apply -f crds/ >/dev/null
+nsenter --net=/var/run/netns/ferry-node kubectl --kubeconfig "$REAL_KUBECONFIG" \
+  wait --for=condition=Established --timeout=30s crd/microservices.ferry.dev >/dev/null
+# Inside the node's network namespace: ClusterIPs, pod IPs and the node's
+# PostgreSQL are reachable only there. One test at a time: they measure.
+nsenter --net=/var/run/netns/ferry-node env KUBECONFIG="$REAL_KUBECONFIG" FERRY_REAL_NODE=1 \
+  cargo test --release --locked -p ferry-e2e --test real_node -- --ignored --test-threads=1 "$@"

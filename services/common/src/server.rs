@@ -59,13 +59,19 @@ impl Plumbing {
 
 /// A tonic server with Ferry's transport settings: TCP_NODELAY, HTTP/2 keepalive, and a
 /// maximum connection age after which clients get GOAWAY and reconnect.
+///
+/// No `max_connection_age_grace`: in tonic 0.14 setting it replaces the graceful GOAWAY at
+/// `max_connection_age` by a hard close at age + grace (see `connection_timeout_future` in
+/// tonic's server), so clients stayed pinned to old pods through a blue-green switch and then
+/// lost their in-flight calls. Without it the GOAWAY comes at the age, in-flight calls finish
+/// on the old connection (each is bounded by the server's per-call deadline) and new calls go
+/// to a new connection, which kube-proxy sends to the pods the Service selects now.
 pub fn builder(max_connection_age: Duration) -> Server {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_connection_age(max_connection_age)
-        .max_connection_age_grace(Duration::from_secs(30))
 }
 
 /// Wraps a bound listener as tonic's incoming stream with TCP_NODELAY.

@@ -172,6 +172,58 @@ async fn health_becomes_serving_and_reflection_lists_the_service() {
     .expect("test timed out");
 }
 
+/// A blue-green switch only moves a client's calls when its long-lived HTTP/2 connection is
+/// replaced: the server's maximum connection age must end in a GOAWAY the client follows to a
+/// new connection, with no call failing on the way (tonic's `max_connection_age_grace` once
+/// turned that into a hard close after age + grace).
+#[tokio::test]
+async fn a_connection_past_its_maximum_age_is_replaced_and_no_call_fails() {
+    tokio::time::timeout(LIMIT, async {
+        let (store, _dir) = sqlite_store().await;
+        let opts = ServeOptions { max_connection_age: Duration::from_millis(300), ..ServeOptions::local() };
+        let running = app::start(store, opts).await.unwrap();
+        let addr = running.grpc_addr;
+        let connects = Arc::new(AtomicUsize::new(0));
+        let counter = connects.clone();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut inventory = InventoryServiceClient::new(channel);
+        inventory.set_stock(SetStockRequest { sku: "a".into(), quantity: 1_000_000 }).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_millis(1500) {
+            // Eight calls in flight at a time, so some straddle each GOAWAY.
+            let batch = (0..8).map(|i| {
+                let mut c = inventory.clone();
+                let id = format!("age-{calls}-{i}");
+                async move { c.deduct_stock(deduct(&id, "a", 1)).await }
+            });
+            for result in futures::future::join_all(batch).await {
+                result.expect("no call fails across a connection's maximum age");
+                calls += 1;
+            }
+        }
+        let connections = connects.load(Ordering::SeqCst);
+        assert!(
+            connections >= 3,
+            "{calls} calls over 1.5 s used {connections} connection(s); max age is 300 ms"
+        );
+        drop(running);
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test]
 async fn same_request_id_twice_over_grpc_deducts_once() {
     tokio::time::timeout(LIMIT, async {

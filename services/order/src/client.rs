@@ -206,7 +206,12 @@ impl InventoryClient {
                 Ok(_) => Code::Ok,
                 Err(s) => s.code(),
             };
-            {
+            // A call cut by its connection closing (a GOAWAY race) says nothing about
+            // inventory's health: it is retried, but it neither opens nor closes the breaker.
+            // Several calls in flight on one rotating connection fail together, which would
+            // otherwise read as "N consecutive failures" and open it.
+            let connection_closed = result.as_ref().is_err_and(is_connection_closed);
+            if !connection_closed {
                 let mut breaker = self.lock_breaker();
                 if is_breaker_failure(code) {
                     if breaker.on_failure(Instant::now()) {
@@ -236,12 +241,80 @@ impl InventoryClient {
     }
 }
 
+const CONNECTION_CLOSED: &str = "connection to inventory closed during the call";
+
+/// Whether [`normalize`] made `status` from a call cut by its connection closing.
+fn is_connection_closed(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.message().starts_with(CONNECTION_CLOSED)
+}
+
 /// tonic reports its own client-side timeout as CANCELLED "Timeout expired"; treat it as the
-/// deadline it is.
+/// deadline it is. Any other CANCELLED is the transport's: this client never cancels a call
+/// except by that timeout, so it means the connection closed under the call (hyper's
+/// "operation was canceled", e.g. a request racing the GOAWAY of a server's maximum connection
+/// age during a blue-green switch); so is tonic's INTERNAL "h2 protocol error" and any status it built from a local transport
+/// error. All are UNAVAILABLE, which the retry policy retries; safe,
+/// because every inventory call carries an idempotency key, so a retry of a call that did
+/// execute replays its result instead of deducting twice.
 fn normalize(status: Status) -> Status {
-    if status.code() == Code::Cancelled && status.message().contains("Timeout expired") {
-        Status::deadline_exceeded(status.message().to_string())
-    } else {
-        status
+    match status.code() {
+        Code::Cancelled if status.message().contains("Timeout expired") => {
+            Status::deadline_exceeded(status.message().to_string())
+        }
+        Code::Cancelled => Status::unavailable(format!("{CONNECTION_CLOSED}: {}", status.message())),
+        // tonic's own text for an HTTP/2 error on the client's connection (for example a
+        // stream the server refused with a NO_ERROR GOAWAY); a server never sends this.
+        Code::Internal if status.message().starts_with("h2 protocol error") => {
+            Status::unavailable(format!("{CONNECTION_CLOSED}: {}", status.message()))
+        }
+        // A status tonic built from a local transport error carries that error as its source
+        // ("transport error", a reset stream, a closed connection); one decoded from the
+        // server's grpc-status never does.
+        _ if std::error::Error::source(&status).is_some() => {
+            Status::unavailable(format!("{CONNECTION_CLOSED}: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_timeout_becomes_deadline_exceeded() {
+        let status = normalize(Status::cancelled("Timeout expired"));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn a_call_cut_by_its_connection_closing_becomes_retryable_unavailable() {
+        let status = normalize(Status::cancelled("operation was canceled"));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("operation was canceled"));
+        assert!(is_connection_closed(&status));
+        assert!(!is_connection_closed(&Status::unavailable("inventory is draining")));
+    }
+
+    #[test]
+    fn an_http2_error_on_the_connection_becomes_retryable_unavailable() {
+        let status = normalize(Status::internal("h2 protocol error: http2 error"));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(is_connection_closed(&status));
+        assert_eq!(normalize(Status::internal("store failed")).code(), Code::Internal);
+    }
+
+    #[test]
+    fn a_status_made_from_a_transport_error_becomes_retryable_unavailable() {
+        let transport = Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert!(std::error::Error::source(&transport).is_some());
+        let status = normalize(transport);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(is_connection_closed(&status));
+    }
+
+    #[test]
+    fn other_codes_pass_through() {
+        assert_eq!(normalize(Status::not_found("sku")).code(), Code::NotFound);
     }
 }

@@ -99,6 +99,9 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm
 }
 
+# The real node's cluster DNS (NODE=real only; the kwok cluster needs none).
+build_coredns() { go_install coredns "$COREDNS_VERSION" "" github.com/coredns/coredns; }
+
 components=("$@")
 [[ ${#components[@]} -gt 0 ]] || components=(etcd kwok helm kubernetes)
 for c in "${components[@]}"; do "build_$c"; done

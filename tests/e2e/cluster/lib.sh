@@ -16,7 +16,8 @@ link_bins() {
   d="$(bin_dir)"
   mkdir -p "$d"
   for f in "$FERRY_BIN/kubernetes-$K8S_VERSION"/* "$FERRY_BIN/etcd-$ETCD_VERSION/etcd" \
-    "$FERRY_BIN/kwok-$KWOK_VERSION/kwok" "$FERRY_BIN/helm-$HELM_VERSION/helm"; do
+    "$FERRY_BIN/kwok-$KWOK_VERSION/kwok" "$FERRY_BIN/helm-$HELM_VERSION/helm" \
+    "$FERRY_BIN/coredns-${COREDNS_VERSION:-none}/coredns"; do
     [[ -x "$f" ]] && ln -sf "$f" "$d/$(basename "$f")"
   done
   return 0

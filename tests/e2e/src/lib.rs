@@ -8,7 +8,9 @@
 
 mod diagnostics;
 mod microservice;
+pub mod oci;
 mod operator;
+pub mod shop;
 pub mod tools;
 mod wait;
 
