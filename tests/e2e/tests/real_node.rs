@@ -5,7 +5,8 @@
 //!
 //! `tests/e2e/run.sh` runs this file in its phase 3, inside the node's network
 //! namespace, one test at a time (they measure traffic; parallel tests would
-//! share two cores and blur each other's numbers). Runtime: about 4 minutes.
+//! share two cores and blur each other's numbers). Runtime: about 4 minutes,
+//! plus the image build (tests/e2e/images/build.sh) and the node's start (15 s).
 
 use std::time::Duration;
 
@@ -259,6 +260,59 @@ async fn an_aborted_rollout_under_load_keeps_all_traffic_on_blue() {
             Some(report.blue.as_str()),
             "the active Service still selects blue"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+async fn a_grpc_health_pre_promotion_check_passes_against_real_green_pods_and_gates_the_switch() {
+    in_namespace("real-check", |ctx| async move {
+        let _release = shop(&ctx, ShopOptions::default(), 100).await;
+        let blue = shop::active_revision(&ctx, "inventory")
+            .await
+            .expect("active revision");
+        // The operator pod dials every green pod's grpc.health.v1 before it
+        // moves traffic: two measurements, a second apart, none may fail.
+        let patch = serde_json::json!([
+            {"op": "add", "path": "/spec/env/-", "value": {"name": "ROLLOUT", "value": "checked"}},
+            {"op": "add", "path": "/spec/strategy/blueGreen/prePromotionChecks", "value": [
+                {"name": "grpc-health", "intervalSeconds": 1, "count": 2, "grpcHealth": {}}
+            ]}
+        ]);
+        tools::run_ok(
+            "kubectl",
+            &[
+                "patch",
+                "-n",
+                &ctx.namespace,
+                "microservice/inventory",
+                "--type=json",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+            &[],
+        );
+        let api = ctx.microservices();
+        let ms = wait_until(
+            "inventory promoted past its check",
+            Duration::from_secs(180),
+            || async {
+                let ms = api.get("inventory").await.ok()?;
+                let status = &ms.data["status"];
+                let current = ms.metadata.generation? == status["observedGeneration"].as_i64()?;
+                let active = status["blueGreen"]["activeRevision"]["hash"].as_str()?;
+                (current && status["phase"] == "Healthy" && active != blue).then_some(ms)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let checks = &ms.data["status"]["blueGreen"]["checks"];
+        assert_eq!(checks[0]["name"], "grpc-health", "{checks}");
+        assert_eq!(checks[0]["verdict"], "Passed", "{checks}");
+        assert_eq!(checks[0]["successes"], 2, "{checks}");
+        assert_ne!(shop::active_revision(&ctx, "inventory").await, Some(blue));
     })
     .await;
 }
