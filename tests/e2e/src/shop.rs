@@ -128,7 +128,7 @@ fn set_config_line(config: &str, key: &str, value: &str) -> String {
 }
 
 /// Creates an empty database on the node's PostgreSQL.
-fn create_database(name: &str) -> String {
+pub fn create_database(name: &str) -> String {
     tools::run_ok(
         "psql",
         &[

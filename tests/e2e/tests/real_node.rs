@@ -316,3 +316,87 @@ async fn a_grpc_health_pre_promotion_check_passes_against_real_green_pods_and_ga
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+async fn a_green_whose_grpc_health_answers_not_serving_is_not_promoted_and_traffic_stays_on_blue() {
+    in_namespace("real-notserving", |ctx| async move {
+        let _release = shop(&ctx, ShopOptions::default(), 100).await;
+        let blue = shop::active_revision(&ctx, "inventory")
+            .await
+            .expect("active revision");
+        // Green gets a database of its own that is taken away once green is
+        // Ready: inventory then answers NOT_SERVING (its database is
+        // unreachable) while the pod keeps running. Readiness and liveness are
+        // off for green so the kubelet leaves it Ready and running; the check
+        // is what must stop it.
+        let green_db_name = format!("{}_green", ctx.namespace.replace('-', "_"));
+        let green_db = shop::create_database(&green_db_name);
+        let api = ctx.microservices();
+        let ms = api.get("inventory").await.expect("get inventory");
+        let env = ms.data["spec"]["env"].as_array().expect("env");
+        let db_index = env
+            .iter()
+            .position(|e| e["name"] == "DATABASE_URL")
+            .expect("DATABASE_URL in env");
+        let patch = serde_json::json!([
+            {"op": "replace", "path": format!("/spec/env/{db_index}/value"), "value": green_db},
+            {"op": "replace", "path": "/spec/health", "value": {
+                "port": "grpc", "readiness": {"disabled": true}, "liveness": {"disabled": true}
+            }},
+            {"op": "add", "path": "/spec/strategy/blueGreen/prePromotionChecks", "value": [
+                {"name": "grpc-health", "intervalSeconds": 3, "count": 3, "grpcHealth": {}}
+            ]}
+        ]);
+        tools::run_ok(
+            "kubectl",
+            &[
+                "patch", "-n", &ctx.namespace, "microservice/inventory", "--type=json", "-p",
+                &patch.to_string(),
+            ],
+            None,
+            &[],
+        );
+        wait_until("green's pods are Ready", Duration::from_secs(120), || async {
+            let ready = shop::ready_pods(&ctx, "ferry.dev/microservice=inventory").await;
+            let green = ready
+                .iter()
+                .filter(|p| p.labels().get(shop::REVISION_LABEL) != Some(&blue))
+                .count();
+            (green >= 2).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        tools::run_ok(
+            "psql",
+            &[
+                "-h", shop::NODE_IP, "-p", &shop::POSTGRES_PORT.to_string(), "-U", "postgres",
+                "-v", "ON_ERROR_STOP=1",
+                "-c", &format!("ALTER DATABASE {green_db_name} WITH ALLOW_CONNECTIONS false"),
+                "-c", &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{green_db_name}'"
+                ),
+            ],
+            None,
+            &[],
+        );
+
+        let ms = wait_until("the check aborts green", Duration::from_secs(90), || async {
+            let ms = api.get("inventory").await.ok()?;
+            (ms.data["status"]["blueGreen"]["aborted"]["reason"] == "PrePromotionCheckFailed")
+                .then_some(ms)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let checks = &ms.data["status"]["blueGreen"]["checks"];
+        assert_eq!(checks[0]["verdict"], "Failed", "{checks}");
+        let message = checks[0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("NOT_SERVING"), "the check saw NOT_SERVING: {checks}");
+        assert_eq!(
+            shop::active_revision(&ctx, "inventory").await,
+            Some(blue),
+            "traffic stays on blue"
+        );
+    })
+    .await;
+}
