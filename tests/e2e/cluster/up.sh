@@ -161,7 +161,9 @@ if [[ $NODE == real ]]; then
   # Inside the namespace: listen on every address (lo and $NODE_IP, both only
   # in the namespace) and advertise the one pods can reach.
   apiserver_net=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --authorization-mode "Node,RBAC"
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key")
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
+    # Reach the kubelet (logs, exec) by the node's IP: its hostname resolves nowhere here.
+    --kubelet-preferred-address-types InternalIP)
 else
   apiserver_net=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --authorization-mode RBAC)
 fi

@@ -1,5 +1,6 @@
-//! What a failed e2e test prints: the namespace's pods and events, and the
-//! tail of every operator log the test run registered.
+//! What a failed e2e test prints: the namespace's pods and events, the tail of
+//! every operator log the test run registered, and on the real node the logs of
+//! an operator running as a pod (the chart's).
 
 use std::{
     path::PathBuf,
@@ -7,7 +8,10 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::{Api, Client, api::ListParams};
+use kube::{
+    Api, Client,
+    api::{ListParams, LogParams},
+};
 
 fn log_files() -> &'static Mutex<Vec<PathBuf>> {
     static FILES: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
@@ -22,6 +26,29 @@ pub fn register_log_file(path: PathBuf) {
 }
 
 const LOG_TAIL_LINES: usize = 60;
+
+/// The tail of each chart-installed operator pod's log. On kwok nodes there is no
+/// kubelet to ask, so the error is printed instead.
+async fn dump_operator_pod_logs(pods: &Api<Pod>) {
+    let selector = ListParams::default().labels("app.kubernetes.io/name=ferry-operator");
+    let Ok(list) = pods.list(&selector).await else {
+        return;
+    };
+    for pod in list.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        let params = LogParams {
+            tail_lines: Some(LOG_TAIL_LINES as i64),
+            ..LogParams::default()
+        };
+        match pods.logs(&name, &params).await {
+            Ok(text) => {
+                eprintln!("-- last lines of pod {name}'s log");
+                eprintln!("{}", text.trim_end());
+            }
+            Err(e) => eprintln!("-- pod {name}'s log: cannot read: {e}"),
+        }
+    }
+}
 
 /// Prints pods, events and registered logs for a failed test's namespace.
 pub async fn dump_namespace(client: &Client, namespace: &str) {
@@ -50,6 +77,7 @@ pub async fn dump_namespace(client: &Client, namespace: &str) {
         }
         Err(e) => eprintln!("-- pods: cannot list: {e}"),
     }
+    dump_operator_pod_logs(&pods).await;
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     match events.list(&ListParams::default()).await {
         Ok(list) => {
