@@ -259,8 +259,9 @@ real_node_down() {
   local ns
   for ns in /var/run/netns/cni-*; do
     [[ -e $ns ]] || continue
-    # Ours when its eth0 sits in the pod range (or it is already empty).
-    if ! ip -n "$(basename "$ns")" -4 addr show 2>/dev/null | grep -q 'inet ' ||
+    # Ours when its eth0 sits in the pod range, or when CNI already removed
+    # eth0 and only loopback is left.
+    if ! ip -n "$(basename "$ns")" -4 addr show 2>/dev/null | grep 'inet ' | grep -vq 'inet 127\.' ||
       ip -n "$(basename "$ns")" -4 addr show 2>/dev/null | grep -q "inet ${POD_CIDR%.0.0/16}\."; then
       ip netns del "$(basename "$ns")" 2>/dev/null || true
     fi

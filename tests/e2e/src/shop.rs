@@ -329,12 +329,22 @@ pub async fn active_revision(ctx: &TestContext, name: &str) -> Option<String> {
 pub async fn channels(endpoint: &str, count: usize) -> Vec<Channel> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .expect("endpoint")
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"));
+        // A Service that just got its endpoints may not be in kube-proxy's
+        // rules yet (it REJECTs until its next sync): wait for a connection.
+        let channel = wait_until(
+            &format!("a connection to {endpoint}"),
+            Duration::from_secs(30),
+            || async {
+                Endpoint::from_shared(endpoint.to_string())
+                    .expect("endpoint")
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect()
+                    .await
+                    .ok()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         out.push(channel);
     }
     out
