@@ -273,6 +273,25 @@ pub async fn apply_shop(ctx: &TestContext, options: &ShopOptions) {
     }
 }
 
+/// `kubectl patch --type=json` of the inventory MicroService (JSON patch, so
+/// single list entries such as one env var can be added or replaced).
+pub fn patch_inventory(ctx: &TestContext, patch: &Value) {
+    tools::run_ok(
+        "kubectl",
+        &[
+            "patch",
+            "-n",
+            &ctx.namespace,
+            "microservice/inventory",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+        &[],
+    );
+}
+
 /// The operator chart plus the shop, both Available, with `stock` widgets.
 pub async fn deploy(ctx: &TestContext, options: &ShopOptions, stock: i64) -> tools::HelmRelease {
     let release = install_operator(ctx).await;
@@ -712,19 +731,9 @@ pub async fn rollout_under_load(
     // The warm-up is part of the experiment (a "before" window), not a wait
     // for some condition.
     tokio::time::sleep(warmup).await;
-    tools::run_ok(
-        "kubectl",
-        &[
-            "patch",
-            "-n",
-            &ctx.namespace,
-            "microservice/inventory",
-            "--type=json",
-            "-p",
-            r#"[{"op":"add","path":"/spec/env/-","value":{"name":"ROLLOUT","value":"green"}}]"#,
-        ],
-        None,
-        &[],
+    patch_inventory(
+        ctx,
+        &json!([{"op": "add", "path": "/spec/env/-", "value": {"name": "ROLLOUT", "value": "green"}}]),
     );
     let patched_at = started.elapsed();
     let mut report = CutoverReport {

@@ -280,20 +280,7 @@ async fn a_grpc_health_pre_promotion_check_passes_against_real_green_pods_and_ga
                 {"name": "grpc-health", "intervalSeconds": 1, "count": 2, "grpcHealth": {}}
             ]}
         ]);
-        tools::run_ok(
-            "kubectl",
-            &[
-                "patch",
-                "-n",
-                &ctx.namespace,
-                "microservice/inventory",
-                "--type=json",
-                "-p",
-                &patch.to_string(),
-            ],
-            None,
-            &[],
-        );
+        shop::patch_inventory(&ctx, &patch);
         let api = ctx.microservices();
         let ms = wait_until(
             "inventory promoted past its check",
@@ -348,15 +335,7 @@ async fn a_green_whose_grpc_health_answers_not_serving_is_not_promoted_and_traff
                 {"name": "grpc-health", "intervalSeconds": 3, "count": 3, "grpcHealth": {}}
             ]}
         ]);
-        tools::run_ok(
-            "kubectl",
-            &[
-                "patch", "-n", &ctx.namespace, "microservice/inventory", "--type=json", "-p",
-                &patch.to_string(),
-            ],
-            None,
-            &[],
-        );
+        shop::patch_inventory(&ctx, &patch);
         wait_until("green's pods are Ready", Duration::from_secs(120), || async {
             let ready = shop::ready_pods(&ctx, "ferry.dev/microservice=inventory").await;
             let green = ready
