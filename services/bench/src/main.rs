@@ -58,9 +58,13 @@ struct Args {
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Alternating bare/full rounds for the middleware comparison (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Paired bare/full rounds for the middleware comparison; the verdict is the median of the
+    /// per-round full ÷ bare ratios.
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Seconds per middleware round (capped at 10).
+    #[arg(long, default_value_t = 3)]
+    round_seconds: u64,
     /// PostgreSQL URL (127.0.0.1 only); the PostgreSQL rows are skipped without it.
     #[arg(long, env = "FERRY_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -371,6 +375,8 @@ struct Ctx {
     rows: Vec<Row>,
     checks: Vec<String>,
     rss: Vec<(String, u64, u64)>,
+    /// Per-round full ÷ bare ratios (Health/Check, GetStock), when the middleware group ran.
+    middleware_ratios: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 struct Row {
@@ -419,52 +425,40 @@ fn peak_of(results: &[&LoadResult], name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn health_load(ctx: &Ctx, server: &Server) -> anyhow::Result<LoadResult> {
+async fn health_load(ctx: &Ctx, server: &Server, duration: Duration) -> anyhow::Result<LoadResult> {
     let chans = Arc::new(channels(server.addr, ctx.args.connections).await?);
     let pid = server.pid().unwrap_or(0);
-    Ok(load(
-        ctx.args.concurrency,
-        ctx.duration(),
-        ctx.args.max_requests,
-        &[(server.name, pid)],
-        move |w, _| {
-            let ch = chans[w % chans.len()].clone();
-            async move {
-                let r = HealthClient::new(ch).check(HealthCheckRequest { service: INVENTORY.into() }).await;
-                match r {
-                    Ok(_) => Outcome::Ok,
-                    Err(s) => Outcome::Error(s.code()),
-                }
+    Ok(load(ctx.args.concurrency, duration, ctx.args.max_requests, &[(server.name, pid)], move |w, _| {
+        let ch = chans[w % chans.len()].clone();
+        async move {
+            let r = HealthClient::new(ch).check(HealthCheckRequest { service: INVENTORY.into() }).await;
+            match r {
+                Ok(_) => Outcome::Ok,
+                Err(s) => Outcome::Error(s.code()),
             }
-        },
-    )
+        }
+    })
     .await)
 }
 
 /// GetStock with a malformed sku: every layer runs (for the full stack: trace, metrics, load
 /// shedding, JWT verification and scope check, deadline), then validation answers
 /// INVALID_ARGUMENT without touching the database.
-async fn invalid_get_load(ctx: &Ctx, server: &Server) -> anyhow::Result<LoadResult> {
+async fn invalid_get_load(ctx: &Ctx, server: &Server, duration: Duration) -> anyhow::Result<LoadResult> {
     let chans = Arc::new(channels(server.addr, ctx.args.connections).await?);
     let pid = server.pid().unwrap_or(0);
     let bearer = ctx.bearer.clone();
-    Ok(load(
-        ctx.args.concurrency,
-        ctx.duration(),
-        ctx.args.max_requests,
-        &[(server.name, pid)],
-        move |w, _| {
-            let mut client = InventoryServiceClient::new(chans[w % chans.len()].clone());
-            let req = authed(GetStockRequest { sku: "not a sku!".into() }, &bearer);
-            async move {
-                match client.get_stock(req).await {
-                    Err(s) if s.code() == Code::InvalidArgument => Outcome::Ok,
-                    Ok(_) => Outcome::Error(Code::Ok),
-                    Err(s) => Outcome::Error(s.code()),
-                }
+    Ok(load(ctx.args.concurrency, duration, ctx.args.max_requests, &[(server.name, pid)], move |w, _| {
+        let mut client = InventoryServiceClient::new(chans[w % chans.len()].clone());
+        let req = authed(GetStockRequest { sku: "not a sku!".into() }, &bearer);
+        async move {
+            match client.get_stock(req).await {
+                Err(s) if s.code() == Code::InvalidArgument => Outcome::Ok,
+                Ok(_) => Outcome::Error(Code::Ok),
+                Err(s) => Outcome::Error(s.code()),
             }
-        },
-    )
+        }
+    })
     .await)
 }
 
@@ -561,7 +555,15 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     std::fs::write(&key, SECRET)?;
     let inv_token = tmp.path().join("inventory.token");
     std::fs::write(&inv_token, token("inventory:write")?)?;
-    let mut ctx = Ctx { args, run, bearer, rows: Vec::new(), checks: Vec::new(), rss: Vec::new() };
+    let mut ctx = Ctx {
+        args,
+        run,
+        bearer,
+        rows: Vec::new(),
+        checks: Vec::new(),
+        rss: Vec::new(),
+        middleware_ratios: None,
+    };
     let inventory_bin = sibling("inventory-service")?;
     let order_bin = sibling("order-service")?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -688,7 +690,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bare tonic vs the full stack, alternating rounds.
+/// Bare tonic vs the full stack in paired rounds. Each round loads both servers back to back,
+/// bare first in even rounds and full first in odd ones, so a machine that slows down or
+/// speeds up during the run weighs on both sides alike; the verdict is the median of the
+/// per-round full ÷ bare ratios. One short warm-up round per server is not counted.
 async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
     let bare = spawn("bare", {
         let mut c = Command::new(std::env::current_exe()?);
@@ -696,13 +701,49 @@ async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
         c
     })
     .await?;
-    eprintln!("middleware comparison ({} rounds)", ctx.args.rounds);
+    let rounds = ctx.args.rounds.max(1);
+    let round = Duration::from_secs(ctx.args.round_seconds.clamp(1, 10));
+    eprintln!("middleware comparison ({rounds} paired rounds of {} s)", round.as_secs());
+    for server in [&bare, inv] {
+        health_load(ctx, server, Duration::from_secs(1)).await?;
+        invalid_get_load(ctx, server, Duration::from_secs(1)).await?;
+    }
     let (mut bare_h, mut full_h, mut bare_g, mut full_g) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..ctx.args.rounds.max(1) {
-        bare_h.push(health_load(ctx, &bare).await?);
-        full_h.push(health_load(ctx, inv).await?);
-        bare_g.push(invalid_get_load(ctx, &bare).await?);
-        full_g.push(invalid_get_load(ctx, inv).await?);
+    let (mut ratio_h, mut ratio_g) = (vec![], vec![]);
+    for i in 0..rounds {
+        let order = if i % 2 == 0 { [&bare, inv] } else { [inv, &bare] };
+        let mut health = Vec::with_capacity(2);
+        for server in order {
+            health.push(health_load(ctx, server, round).await?);
+        }
+        let mut get = Vec::with_capacity(2);
+        for server in order {
+            get.push(invalid_get_load(ctx, server, round).await?);
+        }
+        if i % 2 == 1 {
+            health.reverse();
+            get.reverse();
+        }
+        let [(bh, fh), (bg, fg)] = [health, get].map(|mut pair| {
+            let full = pair.remove(1);
+            (pair.remove(0), full)
+        });
+        ratio_h.push(fh.rate() / bh.rate().max(1e-9));
+        ratio_g.push(fg.rate() / bg.rate().max(1e-9));
+        eprintln!(
+            "  round {}: Health {:.0}/{:.0} = {:.2}×, GetStock {:.0}/{:.0} = {:.2}×",
+            i + 1,
+            fh.rate(),
+            bh.rate(),
+            ratio_h[i],
+            fg.rate(),
+            bg.rate(),
+            ratio_g[i]
+        );
+        bare_h.push(bh);
+        full_h.push(fh);
+        bare_g.push(bg);
+        full_g.push(fg);
     }
     let bare_peak = peak_of(&bare_h.iter().chain(&bare_g).collect::<Vec<_>>(), "bare");
     ctx.record_rss("bare tonic (baseline)", &bare, bare_peak);
@@ -714,9 +755,10 @@ async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
         ("GetStock, invalid sku (no DB), full stack + JWT", full_g),
     ] {
         let m = median(runs);
-        let note = format!("median of {} rounds", ctx.args.rounds.max(1));
+        let note = format!("median of {rounds} rounds × {} s", round.as_secs());
         ctx.push(name, m, note);
     }
+    ctx.middleware_ratios = Some((ratio_h, ratio_g));
     Ok(())
 }
 
@@ -904,14 +946,18 @@ fn print_report(ctx: &Ctx, cpus: usize) {
     println!("Targets:");
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b.max(1e-9));
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    if let Some(x) = ratio(rate_of(ctx, "Health/Check, full"), rate_of(ctx, "Health/Check, bare")) {
-        println!("- middleware ≥ 0.9× bare (Health/Check): {x:.2}× → {}", verdict(x >= 0.9));
-    }
-    if let Some(x) = ratio(
-        rate_of(ctx, "GetStock, invalid sku (no DB), full"),
-        rate_of(ctx, "GetStock, invalid sku (no DB), bare"),
-    ) {
-        println!("- middleware ≥ 0.9× bare (GetStock, no DB, with JWT): {x:.2}× → {}", verdict(x >= 0.9));
+    if let Some((health, get)) = &ctx.middleware_ratios {
+        for (call, ratios) in [("Health/Check", health), ("GetStock, no DB, with JWT", get)] {
+            let mut sorted = ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            let x = sorted[sorted.len() / 2];
+            let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "- middleware ≥ 0.9× bare ({call}): {x:.2}× (median of per-round ratios {}) → {}",
+                all.join(", "),
+                verdict(x >= 0.9)
+            );
+        }
     }
     if let Some(x) = rate_of(ctx, "DeductStock, SQLite, 1 hot") {
         println!("- SQLite hot sku ≥ 5,000 deductions/s: {x:.0}/s → {}", verdict(x >= 5000.0));

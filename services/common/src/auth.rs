@@ -15,7 +15,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use futures::future::BoxFuture;
+use futures::future::{Either, Ready, ready};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
@@ -350,7 +350,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    /// A refusal is ready at once; anything else is the inner call's own future, unboxed.
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -367,11 +368,11 @@ where
                 Err(err) => {
                     tracing::debug!(path = req.uri().path(), error = %err, "request refused");
                     let status: tonic::Status = err.into();
-                    return Box::pin(async move { Ok(status.into_http()) });
+                    return Either::Left(ready(Ok(status.into_http())));
                 }
             }
         }
-        Box::pin(self.inner.call(req))
+        Either::Right(self.inner.call(req))
     }
 }
 

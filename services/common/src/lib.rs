@@ -6,6 +6,7 @@
 //! - [`shed`]: concurrency limit with load shedding (`RESOURCE_EXHAUSTED`).
 //! - [`ratelimit`]: optional per-client token buckets (`RESOURCE_EXHAUSTED`).
 //! - [`telemetry`]: JSON logs with a reloadable filter, W3C `traceparent` propagation.
+//! - [`json_fields`]: span fields for the JSON log format, written without a map.
 //! - [`config`]: flags over env over a watched config file.
 //! - [`shutdown`]: SIGTERM drain sequence.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod deadline;
 pub mod health;
 pub mod http;
+pub mod json_fields;
 pub mod metrics;
 pub mod ratelimit;
 pub mod server;

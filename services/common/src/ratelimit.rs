@@ -15,7 +15,7 @@ use std::{
     time::Instant,
 };
 
-use futures::future::BoxFuture;
+use futures::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::auth::{Claims, is_open_path};
@@ -155,7 +155,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    /// A refusal is ready at once; anything else is the inner call's own future, unboxed.
+    type Future = Either<Ready<Result<Self::Response, Self::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -168,9 +169,9 @@ where
         {
             self.rejected.inc();
             let status = tonic::Status::resource_exhausted("per-client rate limit exceeded; retry later");
-            return Box::pin(async move { Ok(status.into_http()) });
+            return Either::Left(ready(Ok(status.into_http())));
         }
-        Box::pin(self.inner.call(req))
+        Either::Right(self.inner.call(req))
     }
 }
 

@@ -155,16 +155,7 @@ pub fn init(level: &str, json: bool, otlp: Option<(&str, &str)>) -> Result<Telem
     let (filter, handle) = reload::Layer::new(parse_filter(level)?);
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_target(true),
-            )
-            .with(tracer.as_ref().map(otel_layer))
-            .try_init()
+        registry.with(json_log_layer(std::io::stdout)).with(tracer.as_ref().map(otel_layer)).try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).with(tracer.as_ref().map(otel_layer)).try_init()
     };
@@ -177,6 +168,29 @@ pub fn init(level: &str, json: bool, otlp: Option<(&str, &str)>) -> Result<Telem
             Ok(Telemetry { log: LogHandle::noop(), tracer: None })
         }
     }
+}
+
+/// The JSON log format: one object per line with the event's fields, its target, and the
+/// current span's fields (the call's `trace_id` and `method`) under `span`.
+pub fn json_log_layer<S, W>(
+    writer: W,
+) -> tracing_subscriber::fmt::Layer<
+    S,
+    crate::json_fields::JsonSpanFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    W,
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true)
+        .fmt_fields(crate::json_fields::JsonSpanFields)
+        .with_writer(writer)
 }
 
 /// A W3C trace context: `00-<trace id>-<parent span id>-<flags>`.
@@ -288,7 +302,8 @@ where
             // span gets its trace_id when it is created (recording it later makes the JSON
             // formatter parse and re-serialise the span's fields on every call).
             let ctx = parent.map(|p| p.child()).unwrap_or_else(TraceContext::generate);
-            let span = tracing::info_span!("grpc", trace_id = %TraceIdHex(ctx.trace_id), method = path);
+            let span =
+                tracing::info_span!("grpc", trace_id = TraceIdHex::new(ctx.trace_id).as_str(), method = path);
             (span, ctx)
         };
         req.extensions_mut().insert(ctx);
@@ -303,12 +318,21 @@ where
 /// an OpenTelemetry span and [`TraceLayer`] takes its cheaper path.
 static OTEL_LAYER_BUILT: AtomicBool = AtomicBool::new(false);
 
-/// Formats a trace id as 32 hex digits without allocating.
-struct TraceIdHex(u128);
+/// A trace id as 32 lowercase hex digits, on the stack. Recorded as a `&str`, it costs the
+/// span's log formatter no `fmt` machinery (a `Display` of `{:032x}` was 2% of a server's CPU).
+struct TraceIdHex([u8; 32]);
 
-impl fmt::Display for TraceIdHex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+impl TraceIdHex {
+    fn new(trace_id: u128) -> Self {
+        let mut digits = [b'0'; 32];
+        // 16 bytes always fill 32 digits; the only error is a length mismatch.
+        let encoded = hex::encode_to_slice(trace_id.to_be_bytes(), &mut digits);
+        debug_assert!(encoded.is_ok());
+        Self(digits)
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -377,8 +401,9 @@ mod tests {
     #[test]
     fn the_span_trace_id_is_formatted_like_the_traceparent_one() {
         let ctx = TraceContext::generate();
-        assert_eq!(TraceIdHex(ctx.trace_id).to_string(), ctx.trace_id_hex());
-        assert_eq!(TraceIdHex(1).to_string(), format!("{}1", "0".repeat(31)));
+        assert_eq!(TraceIdHex::new(ctx.trace_id).as_str(), ctx.trace_id_hex());
+        assert_eq!(TraceIdHex::new(1).as_str(), format!("{}1", "0".repeat(31)));
+        assert_eq!(TraceIdHex::new(u128::MAX).as_str(), "f".repeat(32));
     }
 
     #[test]
