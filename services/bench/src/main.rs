@@ -690,6 +690,44 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The two no-DB calls of the middleware comparison.
+#[derive(Clone, Copy)]
+enum NoDbCall {
+    Health,
+    GetStock,
+}
+
+async fn no_db_load(
+    ctx: &Ctx,
+    server: &Server,
+    call: NoDbCall,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    match call {
+        NoDbCall::Health => health_load(ctx, server, duration).await,
+        NoDbCall::GetStock => invalid_get_load(ctx, server, duration).await,
+    }
+}
+
+/// Loads `bare` and `full` back to back with `call` (full first when `full_first`); returns
+/// `(bare, full)`.
+async fn paired(
+    ctx: &Ctx,
+    bare: &Server,
+    full: &Server,
+    call: NoDbCall,
+    duration: Duration,
+    full_first: bool,
+) -> anyhow::Result<(LoadResult, LoadResult)> {
+    if full_first {
+        let f = no_db_load(ctx, full, call, duration).await?;
+        Ok((no_db_load(ctx, bare, call, duration).await?, f))
+    } else {
+        let b = no_db_load(ctx, bare, call, duration).await?;
+        Ok((b, no_db_load(ctx, full, call, duration).await?))
+    }
+}
+
 /// Bare tonic vs the full stack in paired rounds. Each round loads both servers back to back,
 /// bare first in even rounds and full first in odd ones, so a machine that slows down or
 /// speeds up during the run weighs on both sides alike; the verdict is the median of the
@@ -705,29 +743,15 @@ async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
     let round = Duration::from_secs(ctx.args.round_seconds.clamp(1, 10));
     eprintln!("middleware comparison ({rounds} paired rounds of {} s)", round.as_secs());
     for server in [&bare, inv] {
-        health_load(ctx, server, Duration::from_secs(1)).await?;
-        invalid_get_load(ctx, server, Duration::from_secs(1)).await?;
+        no_db_load(ctx, server, NoDbCall::Health, Duration::from_secs(1)).await?;
+        no_db_load(ctx, server, NoDbCall::GetStock, Duration::from_secs(1)).await?;
     }
     let (mut bare_h, mut full_h, mut bare_g, mut full_g) = (vec![], vec![], vec![], vec![]);
     let (mut ratio_h, mut ratio_g) = (vec![], vec![]);
     for i in 0..rounds {
-        let order = if i % 2 == 0 { [&bare, inv] } else { [inv, &bare] };
-        let mut health = Vec::with_capacity(2);
-        for server in order {
-            health.push(health_load(ctx, server, round).await?);
-        }
-        let mut get = Vec::with_capacity(2);
-        for server in order {
-            get.push(invalid_get_load(ctx, server, round).await?);
-        }
-        if i % 2 == 1 {
-            health.reverse();
-            get.reverse();
-        }
-        let [(bh, fh), (bg, fg)] = [health, get].map(|mut pair| {
-            let full = pair.remove(1);
-            (pair.remove(0), full)
-        });
+        let full_first = i % 2 == 1;
+        let (bh, fh) = paired(ctx, &bare, inv, NoDbCall::Health, round, full_first).await?;
+        let (bg, fg) = paired(ctx, &bare, inv, NoDbCall::GetStock, round, full_first).await?;
         ratio_h.push(fh.rate() / bh.rate().max(1e-9));
         ratio_g.push(fg.rate() / bg.rate().max(1e-9));
         eprintln!(
@@ -950,7 +974,9 @@ fn print_report(ctx: &Ctx, cpus: usize) {
         for (call, ratios) in [("Health/Check", health), ("GetStock, no DB, with JWT", get)] {
             let mut sorted = ratios.clone();
             sorted.sort_by(f64::total_cmp);
-            let x = sorted[sorted.len() / 2];
+            let mid = sorted.len() / 2;
+            // An even count has two middle values: their mean is the median.
+            let x = if sorted.len() % 2 == 0 { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] };
             let all: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             println!(
                 "- middleware ≥ 0.9× bare ({call}): {x:.2}× (median of per-round ratios {}) → {}",
