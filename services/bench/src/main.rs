@@ -234,6 +234,8 @@ struct LoadResult {
     p50: Duration,
     p99: Duration,
     peak_rss_kib: Vec<(&'static str, u64)>,
+    /// The server's CPU time per call over the load (middleware rounds only).
+    server_cpu_ns_per_call: Option<f64>,
 }
 
 impl LoadResult {
@@ -703,10 +705,29 @@ async fn no_db_load(
     call: NoDbCall,
     duration: Duration,
 ) -> anyhow::Result<LoadResult> {
-    match call {
+    let pid = server.pid().unwrap_or(0);
+    let before = cpu_ns(pid);
+    let mut result = match call {
         NoDbCall::Health => health_load(ctx, server, duration).await,
         NoDbCall::GetStock => invalid_get_load(ctx, server, duration).await,
-    }
+    }?;
+    let calls = result.ok + result.refused + result.errors;
+    result.server_cpu_ns_per_call =
+        before.zip(cpu_ns(pid)).filter(|_| calls > 0).map(|(b, a)| a.saturating_sub(b) as f64 / calls as f64);
+    Ok(result)
+}
+
+/// CPU time all of `pid`'s threads have run, in ns (the first field of each thread's
+/// `schedstat`). Threads that ended in between are not counted; the servers' pools are fixed.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+            .sum(),
+    )
 }
 
 /// Loads `bare` and `full` back to back with `call` (full first when `full_first`); returns
@@ -754,15 +775,20 @@ async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
         let (bg, fg) = paired(ctx, &bare, inv, NoDbCall::GetStock, round, full_first).await?;
         ratio_h.push(fh.rate() / bh.rate().max(1e-9));
         ratio_g.push(fg.rate() / bg.rate().max(1e-9));
+        let us = |r: &LoadResult| r.server_cpu_ns_per_call.map_or(f64::NAN, |ns| ns / 1000.0);
         eprintln!(
-            "  round {}: Health {:.0}/{:.0} = {:.2}×, GetStock {:.0}/{:.0} = {:.2}×",
+            "  round {}: Health {:.0}/{:.0} = {:.2}× (server CPU {:.1}/{:.1} µs per call), GetStock {:.0}/{:.0} = {:.2}× ({:.1}/{:.1} µs)",
             i + 1,
             fh.rate(),
             bh.rate(),
             ratio_h[i],
+            us(&fh),
+            us(&bh),
             fg.rate(),
             bg.rate(),
-            ratio_g[i]
+            ratio_g[i],
+            us(&fg),
+            us(&bg),
         );
         bare_h.push(bh);
         full_h.push(fh);

@@ -201,7 +201,12 @@ impl Authenticator {
     }
 
     /// Decides whether a call to `path` with this `authorization` header may proceed.
-    pub fn authorize(&self, path: &str, authorization: Option<&[u8]>) -> Result<Option<Claims>, AuthError> {
+    /// The claims come shared from the verified-token cache: a call copies no strings.
+    pub fn authorize(
+        &self,
+        path: &str,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Arc<Claims>>, AuthError> {
         self.authorize_at(path, authorization, unix_now())
     }
 
@@ -211,7 +216,7 @@ impl Authenticator {
         path: &str,
         authorization: Option<&[u8]>,
         now: u64,
-    ) -> Result<Option<Claims>, AuthError> {
+    ) -> Result<Option<Arc<Claims>>, AuthError> {
         if is_open_path(path) {
             return Ok(None);
         }
@@ -229,7 +234,7 @@ impl Authenticator {
         if !claims.has_scope(required) {
             return Err(AuthError::MissingScope(required.to_string()));
         }
-        Ok(Some(Claims::clone(&claims)))
+        Ok(Some(claims))
     }
 
     /// The token's claims if it verifies now: from the cache when this exact token verified
@@ -314,17 +319,24 @@ impl AuthState {
     pub fn current(&self) -> Option<Arc<Authenticator>> {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Runs `f` with the current authenticator, under the read lock rather than with a clone
+    /// of it: every call passes here, and a clone is a shared reference count both cores
+    /// write to.
+    pub fn with_current<T>(&self, f: impl FnOnce(Option<&Authenticator>) -> T) -> T {
+        f(self.inner.read().unwrap_or_else(|p| p.into_inner()).as_deref())
+    }
 }
 
 /// Tower layer enforcing [`AuthState`].
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    state: AuthState,
+    state: &'static AuthState,
 }
 
 impl AuthLayer {
     /// Enforces whatever `state` holds at call time.
-    pub fn new(state: AuthState) -> Self {
+    pub fn new(state: &'static AuthState) -> Self {
         Self { state }
     }
 }
@@ -332,7 +344,7 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, state: self.state.clone() }
+        AuthService { inner, state: self.state }
     }
 }
 
@@ -340,7 +352,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
-    state: AuthState,
+    state: &'static AuthState,
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
@@ -358,18 +370,19 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if let Some(auth) = self.state.current() {
+        let decision = self.state.with_current(|auth| {
             let header = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-            match auth.authorize(req.uri().path(), header) {
-                Ok(Some(claims)) => {
-                    req.extensions_mut().insert(claims);
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::debug!(path = req.uri().path(), error = %err, "request refused");
-                    let status: tonic::Status = err.into();
-                    return Either::Left(ready(Ok(status.into_http())));
-                }
+            auth.map_or(Ok(None), |auth| auth.authorize(req.uri().path(), header))
+        });
+        match decision {
+            Ok(Some(claims)) => {
+                req.extensions_mut().insert(claims);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!(path = req.uri().path(), error = %err, "request refused");
+                let status: tonic::Status = err.into();
+                return Either::Left(ready(Ok(status.into_http())));
             }
         }
         Either::Right(self.inner.call(req))

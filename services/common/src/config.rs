@@ -80,7 +80,7 @@ pub struct ServerArgs {
     /// auth is disabled; re-read when it changes.
     #[arg(long, env = "JWT_KEY_FILE")]
     pub jwt_key_file: Option<PathBuf>,
-    /// Log level or tracing filter, e.g. `info` or `info,sqlx=warn` [default: info].
+    /// Log level, optionally per target, e.g. `info` or `info,sqlx=warn` [default: info].
     #[arg(long, env = "LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Log format: `json` or `text` [default: json].

@@ -3,15 +3,15 @@
 //! built-in timeout answers `CANCELLED`, which clients would not read as a deadline).
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures::future::BoxFuture;
+use std::{future::Future, pin::Pin};
+
+use futures::future::Either;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, at most 8 digits, unit one of
@@ -41,12 +41,12 @@ pub fn effective_deadline(client: Option<Duration>, server: Duration) -> Duratio
 /// Tower layer enforcing [`effective_deadline`]. The server limit can change at runtime.
 #[derive(Debug, Clone)]
 pub struct DeadlineLayer {
-    server_limit_ms: Arc<AtomicU64>,
+    server_limit_ms: &'static AtomicU64,
 }
 
 impl DeadlineLayer {
     /// Bounds calls by `server_limit_ms` (shared, reloadable).
-    pub fn new(server_limit_ms: Arc<AtomicU64>) -> Self {
+    pub fn new(server_limit_ms: &'static AtomicU64) -> Self {
         Self { server_limit_ms }
     }
 }
@@ -54,7 +54,7 @@ impl DeadlineLayer {
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService { inner, server_limit_ms: self.server_limit_ms.clone() }
+        DeadlineService { inner, server_limit_ms: self.server_limit_ms }
     }
 }
 
@@ -62,7 +62,7 @@ impl<S> Layer<S> for DeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct DeadlineService<S> {
     inner: S,
-    server_limit_ms: Arc<AtomicU64>,
+    server_limit_ms: &'static AtomicU64,
 }
 
 impl<S, B> Service<http::Request<B>> for DeadlineService<S>
@@ -72,7 +72,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = Either<S::Future, Bounded<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -81,22 +81,52 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if crate::auth::is_open_path(req.uri().path()) {
             // Health Watch and reflection are streams; a unary deadline does not apply.
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         let client = req.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
         let limit =
             effective_deadline(client, Duration::from_millis(self.server_limit_ms.load(Ordering::Relaxed)));
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(res) => res,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "deadline of {} ms exceeded",
-                    limit.as_millis()
-                ))
-                .into_http()),
-            }
-        })
+        Either::Right(Bounded { call: self.inner.call(req), start: Instant::now(), limit, timer: None })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call bounded by `limit` from `start`. The timer is armed only when the call first
+    /// returns `Pending`: a call that answers on its first poll (a validation error, a cached
+    /// answer) never touches the runtime's timer wheel, whose registration is a lock both
+    /// worker threads take.
+    pub struct Bounded<F> {
+        #[pin]
+        call: F,
+        start: Instant,
+        limit: Duration,
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl<F, E> Future for Bounded<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.call.poll(cx) {
+            return Poll::Ready(out);
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep_until(*this.start + *this.limit)));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Ok(tonic::Status::deadline_exceeded(format!(
+                "deadline of {} ms exceeded",
+                this.limit.as_millis()
+            ))
+            .into_http())),
+            _ => Poll::Pending,
+        }
     }
 }
 

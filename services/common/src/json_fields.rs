@@ -22,12 +22,17 @@ use tracing_subscriber::{
 pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
+    /// Builds the object in a local buffer sized for a call span and hands it over in one
+    /// write: the writer is a `dyn fmt::Write` into an empty `String`, so writing piece by
+    /// piece cost a virtual call per piece and four or five reallocations per span.
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        writer.write_char('{')?;
-        let mut object = ObjectBody { out: &mut writer, empty: true, result: Ok(()) };
-        fields.record(&mut object);
-        object.result?;
-        writer.write_char('}')
+        let mut object = String::with_capacity(SPAN_FIELDS_CAPACITY);
+        object.push('{');
+        let mut body = ObjectBody { out: &mut object, empty: true, result: Ok(()) };
+        fields.record(&mut body);
+        body.result?;
+        object.push('}');
+        writer.write_str(&object)
     }
 
     /// Fields recorded after creation (`span.record(..)`) join the same object; a key recorded
@@ -52,6 +57,9 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
     }
 }
 
+/// Bytes a call span's fields take (`trace_id` and a method path), with room to spare.
+const SPAN_FIELDS_CAPACITY: usize = 160;
+
 /// Writes `"name":value` pairs, comma separated, into an object already opened.
 struct ObjectBody<'a, W: fmt::Write> {
     out: &'a mut W,
@@ -72,7 +80,7 @@ impl<W: fmt::Write> ObjectBody<'_, W> {
             self.out.write_char(',')?;
         }
         self.empty = false;
-        write_json_string(self.out, format_args!("{}", field.name()))?;
+        write_json_str(self.out, field.name())?;
         self.out.write_char(':')?;
         value(self.out)
     }
@@ -80,7 +88,7 @@ impl<W: fmt::Write> ObjectBody<'_, W> {
 
 impl<W: fmt::Write> Visit for ObjectBody<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, |out| write_json_string(out, format_args!("{value}")));
+        self.entry(field, |out| write_json_str(out, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -115,6 +123,13 @@ impl<W: fmt::Write> Visit for ObjectBody<'_, W> {
 fn write_json_string<W: fmt::Write>(out: &mut W, text: fmt::Arguments<'_>) -> fmt::Result {
     out.write_char('"')?;
     Escaped(out).write_fmt(text)?;
+    out.write_char('"')
+}
+
+/// [`write_json_string`] for text already at hand, without `fmt`'s machinery.
+fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(out).write_str(text)?;
     out.write_char('"')
 }
 

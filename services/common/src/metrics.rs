@@ -215,7 +215,7 @@ fn code_from_headers(headers: &http::HeaderMap) -> Option<tonic::Code> {
 
 /// Records one call once, when its status is known (or as `Canceled` if the body is dropped first).
 struct CallRecord {
-    metrics: Arc<ServerMetrics>,
+    metrics: &'static ServerMetrics,
     method: Arc<MethodHandles>,
     start: Instant,
     done: bool,
@@ -241,12 +241,12 @@ impl Drop for CallRecord {
 /// Tower layer recording [`ServerMetrics`] for every call.
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
-    metrics: Arc<ServerMetrics>,
+    metrics: &'static ServerMetrics,
 }
 
 impl MetricsLayer {
     /// Records into `metrics`.
-    pub fn new(metrics: Arc<ServerMetrics>) -> Self {
+    pub fn new(metrics: &'static ServerMetrics) -> Self {
         Self { metrics }
     }
 }
@@ -254,7 +254,7 @@ impl MetricsLayer {
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService { inner, metrics: self.metrics.clone() }
+        MetricsService { inner, metrics: self.metrics }
     }
 }
 
@@ -262,7 +262,7 @@ impl<S> Layer<S> for MetricsLayer {
 #[derive(Debug, Clone)]
 pub struct MetricsService<S> {
     inner: S,
-    metrics: Arc<ServerMetrics>,
+    metrics: &'static ServerMetrics,
 }
 
 impl<S, B> Service<http::Request<B>> for MetricsService<S>
@@ -281,8 +281,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = self.metrics.method(req.uri().path());
         self.metrics.in_flight.inc();
-        let mut record =
-            CallRecord { metrics: self.metrics.clone(), method, start: Instant::now(), done: false };
+        let mut record = CallRecord { metrics: self.metrics, method, start: Instant::now(), done: false };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = match fut.await {

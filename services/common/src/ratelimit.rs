@@ -109,7 +109,7 @@ impl RateLimiter {
 
 /// Who a call is charged to: the token's subject, else the peer IP, else one shared bucket.
 pub fn client_key<B>(req: &http::Request<B>) -> String {
-    if let Some(claims) = req.extensions().get::<Claims>() {
+    if let Some(claims) = req.extensions().get::<Arc<Claims>>() {
         return format!("sub:{}", claims.sub);
     }
     req.extensions()
@@ -122,13 +122,16 @@ pub fn client_key<B>(req: &http::Request<B>) -> String {
 /// Tower layer for [`RateLimiter`]; goes inside the auth layer so the subject is known.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
-    limiter: Arc<RateLimiter>,
-    rejected: prometheus_client::metrics::counter::Counter,
+    limiter: &'static RateLimiter,
+    rejected: &'static prometheus_client::metrics::counter::Counter,
 }
 
 impl RateLimitLayer {
     /// A layer charging calls to `limiter`, counting refusals in `rejected`.
-    pub fn new(limiter: Arc<RateLimiter>, rejected: prometheus_client::metrics::counter::Counter) -> Self {
+    pub fn new(
+        limiter: &'static RateLimiter,
+        rejected: &'static prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Self { limiter, rejected }
     }
 }
@@ -136,7 +139,7 @@ impl RateLimitLayer {
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimitService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService { inner, limiter: self.limiter.clone(), rejected: self.rejected.clone() }
+        RateLimitService { inner, limiter: self.limiter, rejected: self.rejected }
     }
 }
 
@@ -144,8 +147,8 @@ impl<S> Layer<S> for RateLimitLayer {
 #[derive(Debug, Clone)]
 pub struct RateLimitService<S> {
     inner: S,
-    limiter: Arc<RateLimiter>,
-    rejected: prometheus_client::metrics::counter::Counter,
+    limiter: &'static RateLimiter,
+    rejected: &'static prometheus_client::metrics::counter::Counter,
 }
 
 impl<S, B> Service<http::Request<B>> for RateLimitService<S>

@@ -11,7 +11,9 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures::future::BoxFuture;
+use std::{future::Future, pin::Pin};
+
+use futures::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use crate::{auth::is_open_path, metrics::ServerMetrics};
@@ -40,24 +42,24 @@ impl ConcurrencyLimit {
     }
 
     /// Takes a permit if one is free.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
         let max = self.max();
         let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if max != 0 && prev >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Permit { limit: self.clone() })
+        Some(Permit { limit: self })
     }
 }
 
 /// Held for the duration of one call.
 #[derive(Debug)]
-pub struct Permit {
-    limit: Arc<ConcurrencyLimit>,
+pub struct Permit<'a> {
+    limit: &'a ConcurrencyLimit,
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.limit.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -66,13 +68,13 @@ impl Drop for Permit {
 /// Tower layer enforcing a [`ConcurrencyLimit`].
 #[derive(Debug, Clone)]
 pub struct LoadShedLayer {
-    limit: Arc<ConcurrencyLimit>,
-    metrics: Arc<ServerMetrics>,
+    limit: &'static ConcurrencyLimit,
+    metrics: &'static ServerMetrics,
 }
 
 impl LoadShedLayer {
     /// Enforces `limit`, counting refusals in `metrics`.
-    pub fn new(limit: Arc<ConcurrencyLimit>, metrics: Arc<ServerMetrics>) -> Self {
+    pub fn new(limit: &'static ConcurrencyLimit, metrics: &'static ServerMetrics) -> Self {
         Self { limit, metrics }
     }
 }
@@ -80,7 +82,7 @@ impl LoadShedLayer {
 impl<S> Layer<S> for LoadShedLayer {
     type Service = LoadShedService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        LoadShedService { inner, limit: self.limit.clone(), metrics: self.metrics.clone() }
+        LoadShedService { inner, limit: self.limit, metrics: self.metrics }
     }
 }
 
@@ -88,8 +90,8 @@ impl<S> Layer<S> for LoadShedLayer {
 #[derive(Debug, Clone)]
 pub struct LoadShedService<S> {
     inner: S,
-    limit: Arc<ConcurrencyLimit>,
-    metrics: Arc<ServerMetrics>,
+    limit: &'static ConcurrencyLimit,
+    metrics: &'static ServerMetrics,
 }
 
 impl<S, B> Service<http::Request<B>> for LoadShedService<S>
@@ -99,7 +101,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    /// Open paths pass through; a refusal is ready at once; an admitted call holds its permit.
+    type Future = Either<S::Future, Either<Ready<Result<Self::Response, Self::Error>>, Admitted<S::Future>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -107,19 +110,34 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if is_open_path(req.uri().path()) {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         let Some(permit) = self.limit.try_acquire() else {
             self.metrics.shed.inc();
             let status = tonic::Status::resource_exhausted("server is at its concurrency limit; retry later");
-            return Box::pin(async move { Ok(status.into_http()) });
+            return Either::Right(Either::Left(ready(Ok(status.into_http()))));
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await;
-            drop(permit);
-            resp
-        })
+        Either::Right(Either::Right(Admitted { call: self.inner.call(req), permit: Some(permit) }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An admitted call: the permit is given back when the call answers (or is dropped).
+    pub struct Admitted<F> {
+        #[pin]
+        call: F,
+        permit: Option<Permit<'static>>,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.call.poll(cx));
+        this.permit.take();
+        Poll::Ready(out)
     }
 }
 
@@ -143,6 +161,51 @@ mod tests {
         let limit = ConcurrencyLimit::new(0);
         let permits: Vec<_> = (0..1000).filter_map(|_| limit.try_acquire()).collect();
         assert_eq!(permits.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn an_admitted_call_gives_its_permit_back_when_it_answers_or_is_dropped() {
+        let limit: &'static ConcurrencyLimit = Box::leak(Box::new(ConcurrencyLimit::default()));
+        limit.set_max(1);
+        let metrics: &'static ServerMetrics = Box::leak(Box::new(ServerMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        )));
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let answered = std::sync::Mutex::new(Some(answered));
+        let mut svc =
+            LoadShedLayer::new(limit, metrics).layer(tower::service_fn(move |_req: http::Request<()>| {
+                let wait = answered.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    if let Some(wait) = wait {
+                        let _ = wait.await;
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+                }
+            }));
+        let req = || {
+            let mut r = http::Request::new(());
+            *r.uri_mut() = http::Uri::from_static("/ferry.inventory.v1.InventoryService/DeductStock");
+            r
+        };
+        let code = |resp: &http::Response<tonic::body::Body>| {
+            resp.headers().get("grpc-status").map(|v| tonic::Code::from_bytes(v.as_bytes()))
+        };
+
+        // The first call waits for `answer`, holding the only permit: the next is refused.
+        let waiting = tokio::spawn(svc.call(req()));
+        tokio::task::yield_now().await;
+        let refused = svc.call(req()).await.unwrap_or_else(|e| match e {});
+        assert_eq!(code(&refused), Some(tonic::Code::ResourceExhausted));
+        answer.send(()).expect("the call is waiting");
+        let answered = waiting.await.expect("call task").unwrap_or_else(|e| match e {});
+        assert_eq!(code(&answered), None, "an admitted call reaches the service");
+        assert_eq!(limit.in_flight.load(Ordering::Acquire), 0, "answering gives the permit back");
+
+        // A call dropped before it answers (the client went away) gives it back too.
+        let dropped = svc.call(req());
+        assert_eq!(limit.in_flight.load(Ordering::Acquire), 1);
+        drop(dropped);
+        assert_eq!(limit.in_flight.load(Ordering::Acquire), 0, "dropping gives the permit back");
     }
 
     #[test]

@@ -12,11 +12,13 @@
 
 use std::{
     fmt,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
-use futures::future::BoxFuture;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
 };
@@ -27,18 +29,72 @@ use opentelemetry_sdk::{
 };
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::{Metadata, subscriber::Interest};
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
-use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt};
+use tracing_subscriber::{
+    filter::{LevelFilter, Targets},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
-/// Parses a tracing filter such as `info` or `info,sqlx=warn`.
-pub fn parse_filter(spec: &str) -> Result<EnvFilter, String> {
-    EnvFilter::try_new(spec).map_err(|e| format!("`{spec}` is not a valid log filter: {e}"))
+/// Parses a log filter: a default level and per-target levels, such as `info` or
+/// `info,sqlx=warn` (tracing-subscriber's `Targets` syntax).
+pub fn parse_filter(spec: &str) -> Result<Targets, String> {
+    spec.parse::<Targets>().map_err(|e| format!("`{spec}` is not a valid log filter: {e}"))
+}
+
+/// The log filter, replaceable at runtime.
+///
+/// tracing-subscriber's `reload` layer around an `EnvFilter` took two shared read locks on
+/// every span enter, exit and close (reload's own and `EnvFilter`'s span table); every gRPC
+/// call opens a span, so both worker threads wrote those lock words several times per call.
+/// This filter is asked only when a callsite registers (its answer is cached) and when the
+/// cache is rebuilt after a reload; it has nothing to do on span enter, exit or close.
+#[derive(Clone)]
+struct LiveFilter(Arc<RwLock<Targets>>);
+
+impl LiveFilter {
+    fn targets(&self) -> std::sync::RwLockReadGuard<'_, Targets> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn replace(&self, targets: Targets) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = targets;
+        // Every callsite's cached interest and the global maximum level are recomputed.
+        tracing::callsite::rebuild_interest_cache();
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LiveFilter {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if self.targets().would_enable(metadata.target(), metadata.level()) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        self.targets().would_enable(metadata.target(), metadata.level())
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        let targets = self.targets();
+        Some(
+            targets
+                .iter()
+                .map(|(_, level)| level)
+                .chain(targets.default_level())
+                .max()
+                .unwrap_or(LevelFilter::OFF),
+        )
+    }
 }
 
 /// Changes the log filter at runtime.
 #[derive(Clone)]
 pub struct LogHandle {
-    handle: Option<reload::Handle<EnvFilter, Registry>>,
+    filter: Option<LiveFilter>,
 }
 
 impl fmt::Debug for LogHandle {
@@ -50,14 +106,14 @@ impl fmt::Debug for LogHandle {
 impl LogHandle {
     /// A handle that changes nothing (tests, or when a subscriber was already installed).
     pub fn noop() -> Self {
-        Self { handle: None }
+        Self { filter: None }
     }
 
     /// Applies a new filter.
     pub fn set_level(&self, spec: &str) -> Result<(), String> {
-        let filter = parse_filter(spec)?;
-        if let Some(handle) = &self.handle {
-            handle.reload(filter).map_err(|e| e.to_string())?;
+        let targets = parse_filter(spec)?;
+        if let Some(filter) = &self.filter {
+            filter.replace(targets);
         }
         Ok(())
     }
@@ -152,15 +208,15 @@ impl Telemetry {
 /// it is and nothing is exported.
 pub fn init(level: &str, json: bool, otlp: Option<(&str, &str)>) -> Result<Telemetry, String> {
     let tracer = exporter_for(otlp)?;
-    let (filter, handle) = reload::Layer::new(parse_filter(level)?);
-    let registry = tracing_subscriber::registry().with(filter);
+    let filter = LiveFilter(Arc::new(RwLock::new(parse_filter(level)?)));
+    let registry = tracing_subscriber::registry().with(filter.clone());
     let result = if json {
         registry.with(json_log_layer(std::io::stdout)).with(tracer.as_ref().map(otel_layer)).try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).with(tracer.as_ref().map(otel_layer)).try_init()
     };
     match result {
-        Ok(()) => Ok(Telemetry { log: LogHandle { handle: Some(handle) }, tracer }),
+        Ok(()) => Ok(Telemetry { log: LogHandle { filter: Some(filter) }, tracer }),
         Err(_) => {
             if let Some(provider) = tracer {
                 let _ = provider.shutdown();
@@ -275,7 +331,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = tracing::instrument::Instrumented<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -307,7 +363,7 @@ where
             (span, ctx)
         };
         req.extensions_mut().insert(ctx);
-        Box::pin(self.inner.call(req).instrument(span))
+        self.inner.call(req).instrument(span)
     }
 }
 
@@ -405,6 +461,60 @@ mod tests {
         assert_eq!(TraceIdHex::new(ctx.trace_id).as_str(), ctx.trace_id_hex());
         assert_eq!(TraceIdHex::new(1).as_str(), format!("{}1", "0".repeat(31)));
         assert_eq!(TraceIdHex::new(u128::MAX).as_str(), "f".repeat(32));
+    }
+
+    #[test]
+    fn a_new_log_level_applies_to_callsites_already_seen() {
+        use std::sync::Mutex;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        fn probe(n: u32) {
+            tracing::debug!(n, "debug probe");
+            tracing::info!(n, "info probe");
+        }
+
+        let lines = Lines::default();
+        let filter = LiveFilter(Arc::new(RwLock::new(parse_filter("info").expect("valid"))));
+        let log = LogHandle { filter: Some(filter.clone()) };
+        let writer = lines.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(filter).with(json_log_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            probe(1);
+            log.set_level("debug").expect("valid level");
+            probe(2);
+            log.set_level("warn,ferry_service_common=info").expect("valid level");
+            probe(3);
+        });
+        let text =
+            String::from_utf8(lines.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).expect("UTF-8");
+        let seen: Vec<(String, u64)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .map(|v| {
+                (
+                    v["fields"]["message"].as_str().unwrap_or("").to_string(),
+                    v["fields"]["n"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, u64)> =
+            [("info probe", 1), ("debug probe", 2), ("info probe", 2), ("info probe", 3)]
+                .into_iter()
+                .map(|(m, n)| (m.to_string(), n))
+                .collect();
+        assert_eq!(seen, expected);
+        assert!(log.set_level("lo=ud=!").is_err(), "a bad filter is refused");
     }
 
     #[test]
