@@ -117,7 +117,13 @@ where
             return Poll::Ready(out);
         }
         if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep_until(*this.start + *this.limit)));
+            // A limit too far out to add to the clock (a configured or client-sent bound of
+            // centuries) sleeps "forever": tokio's `sleep` saturates where `+` would panic.
+            let timer = match this.start.checked_add(*this.limit) {
+                Some(deadline) => tokio::time::sleep_until(deadline),
+                None => tokio::time::sleep(*this.limit),
+            };
+            this.timer.set(Some(timer));
         }
         match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Ok(tonic::Status::deadline_exceeded(format!(
@@ -147,6 +153,25 @@ mod tests {
         for v in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"\xffS"] {
             assert_eq!(parse_grpc_timeout(v), None, "{v:?}");
         }
+    }
+
+    fn bounded(
+        limit: Duration,
+    ) -> Bounded<futures::future::Pending<Result<http::Response<tonic::body::Body>, ()>>> {
+        Bounded { call: futures::future::pending(), start: Instant::now(), limit, timer: None }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_still_pending_at_its_limit_answers_deadline_exceeded() {
+        let resp = bounded(Duration::from_millis(150)).await.expect("an answer, not an error");
+        let code = resp.headers().get("grpc-status").map(|v| tonic::Code::from_bytes(v.as_bytes()));
+        assert_eq!(code, Some(tonic::Code::DeadlineExceeded));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_too_far_out_for_the_clock_waits_instead_of_panicking() {
+        let waited = tokio::time::timeout(Duration::from_secs(3600), bounded(Duration::MAX)).await;
+        assert!(waited.is_err(), "the call is still waiting after an hour");
     }
 
     #[test]
