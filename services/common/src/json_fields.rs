@@ -3,7 +3,8 @@
 //! Every gRPC call opens a `grpc` span, and the log layer formats its fields when the span is
 //! created, whether or not anything is logged inside it. tracing-subscriber's own
 //! `JsonFields` does that by building a `serde_json` map and serialising it: 5.9% of an
-//! inventory server's CPU under `ferry-bench --only middleware` (measured with `perf`). [`JsonSpanFields`] writes the same JSON object with no intermediate values.
+//! inventory server's CPU under `ferry-bench --only middleware` (measured with `perf`).
+//! [`JsonSpanFields`] writes the same JSON object with no intermediate values.
 //! The JSON event formatter parses it back only when an event inside the span is logged.
 
 use std::fmt::{self, Write as _};

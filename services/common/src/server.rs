@@ -72,9 +72,9 @@ impl Plumbing {
 /// frame received, from the connection task and from each call's task, so the lock moved
 /// between the two cores on every call. In A/B runs of `ferry-bench --only middleware` (5 paired
 /// rounds each, same binary otherwise) the full stack's median GetStock ratio to bare tonic was
-/// 0.81x and 0.89x with it and 0.93x without. The
-/// kernel's TCP keepalive finds a vanished peer the same way, at no per-frame cost, and the
-/// maximum connection age bounds every connection's life anyway.
+/// 0.81x and 0.89x with it and 0.93x without. The kernel's TCP keepalive finds a vanished peer
+/// the same way, at no per-frame cost, and the maximum connection age bounds every connection's
+/// life anyway.
 ///
 /// No `max_connection_age_grace`: in tonic 0.14 setting it replaces the graceful GOAWAY at
 /// `max_connection_age` by a hard close at age + grace (see `connection_timeout_future` in
