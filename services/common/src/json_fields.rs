@@ -163,7 +163,7 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing_subscriber::{fmt::MakeWriter, layer::SubscriberExt};
@@ -190,9 +190,18 @@ mod tests {
 
     /// The JSON log lines `emit` produces in the services' log format.
     fn log_lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
+        log_lines_through(tracing_subscriber::layer::Identity::new(), emit)
+    }
+
+    /// [`log_lines`] with `filter` in front of the log layer, as the services install theirs.
+    pub(crate) fn log_lines_through<F>(filter: F, emit: impl FnOnce()) -> Vec<serde_json::Value>
+    where
+        F: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+    {
         let buffer = Buffer::default();
-        let subscriber =
-            tracing_subscriber::registry().with(crate::telemetry::json_log_layer(buffer.clone()));
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(crate::telemetry::json_log_layer(buffer.clone()));
         tracing::subscriber::with_default(subscriber, emit);
         let bytes = buffer.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
         String::from_utf8(bytes)

@@ -465,42 +465,22 @@ mod tests {
 
     #[test]
     fn a_new_log_level_applies_to_callsites_already_seen() {
-        use std::sync::Mutex;
-
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         fn probe(n: u32) {
             tracing::debug!(n, "debug probe");
             tracing::info!(n, "info probe");
         }
 
-        let lines = Lines::default();
         let filter = LiveFilter(Arc::new(RwLock::new(parse_filter("info").expect("valid"))));
         let log = LogHandle { filter: Some(filter.clone()) };
-        let writer = lines.clone();
-        let subscriber =
-            tracing_subscriber::registry().with(filter).with(json_log_layer(move || writer.clone()));
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = crate::json_fields::tests::log_lines_through(filter, || {
             probe(1);
             log.set_level("debug").expect("valid level");
             probe(2);
             log.set_level("warn,ferry_service_common=info").expect("valid level");
             probe(3);
         });
-        let text =
-            String::from_utf8(lines.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).expect("UTF-8");
-        let seen: Vec<(String, u64)> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        let seen: Vec<(String, u64)> = lines
+            .iter()
             .map(|v| {
                 (
                     v["fields"]["message"].as_str().unwrap_or("").to_string(),
