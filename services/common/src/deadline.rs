@@ -14,6 +14,9 @@ use futures::future::Either;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+/// The client's deadline header (looked up by name: a `&str` key is parsed on every lookup).
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// Parses a `grpc-timeout` header value (`<digits><unit>`, at most 8 digits, unit one of
 /// `H M S m u n`). `None` if malformed.
 pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
@@ -83,7 +86,7 @@ where
             // Health Watch and reflection are streams; a unary deadline does not apply.
             return Either::Left(self.inner.call(req));
         }
-        let client = req.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
+        let client = req.headers().get(&GRPC_TIMEOUT).and_then(|v| parse_grpc_timeout(v.as_bytes()));
         let limit =
             effective_deadline(client, Duration::from_millis(self.server_limit_ms.load(Ordering::Relaxed)));
         Either::Right(Bounded { call: self.inner.call(req), start: Instant::now(), limit, timer: None })

@@ -128,7 +128,7 @@ fn write_json_string<W: fmt::Write>(out: &mut W, text: fmt::Arguments<'_>) -> fm
 }
 
 /// [`write_json_string`] for text already at hand, without `fmt`'s machinery.
-fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
+pub(crate) fn write_json_str<W: fmt::Write>(out: &mut W, text: &str) -> fmt::Result {
     out.write_char('"')?;
     Escaped(out).write_str(text)?;
     out.write_char('"')

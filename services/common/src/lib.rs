@@ -6,6 +6,7 @@
 //! - [`shed`]: concurrency limit with load shedding (`RESOURCE_EXHAUSTED`).
 //! - [`ratelimit`]: optional per-client token buckets (`RESOURCE_EXHAUSTED`).
 //! - [`telemetry`]: JSON logs with a reloadable filter, W3C `traceparent` propagation.
+//! - [`call_context`]: a call's trace id and method for log lines, without a span per call.
 //! - [`json_fields`]: span fields for the JSON log format, written without a map.
 //! - [`config`]: flags over env over a watched config file.
 //! - [`shutdown`]: SIGTERM drain sequence.
@@ -16,6 +17,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod call_context;
 pub mod config;
 pub mod deadline;
 pub mod health;

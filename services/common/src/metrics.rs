@@ -209,8 +209,11 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
     }
 }
 
+/// Looked up by name, not by text: a `&str` key is parsed into a header name on every lookup.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn code_from_headers(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers.get("grpc-status").map(|v| tonic::Code::from_bytes(v.as_bytes()))
+    headers.get(&GRPC_STATUS).map(|v| tonic::Code::from_bytes(v.as_bytes()))
 }
 
 /// Records one call once, when its status is known (or as `Canceled` if the body is dropped first).

@@ -19,6 +19,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures::future::Either;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
 };
@@ -29,6 +30,8 @@ use opentelemetry_sdk::{
 };
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use crate::call_context::{self, CallFields, InCall, TraceIdHex, WithCallFields};
 use tracing::{Metadata, subscriber::Interest};
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 use tracing_subscriber::{
@@ -154,6 +157,7 @@ where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     OTEL_LAYER_BUILT.store(true, Ordering::Relaxed);
+    SPAN_PER_CALL.store(true, Ordering::Relaxed);
     tracing_opentelemetry::layer().with_tracer(provider.tracer("ferry")).with_tracked_inactivity(false)
 }
 
@@ -210,6 +214,9 @@ pub fn init(level: &str, json: bool, otlp: Option<(&str, &str)>) -> Result<Telem
     let tracer = exporter_for(otlp)?;
     let filter = LiveFilter(Arc::new(RwLock::new(parse_filter(level)?)));
     let registry = tracing_subscriber::registry().with(filter.clone());
+    if !json {
+        SPAN_PER_CALL.store(true, Ordering::Relaxed);
+    }
     let result = if json {
         registry.with(json_log_layer(std::io::stdout)).with(tracer.as_ref().map(otel_layer)).try_init()
     } else {
@@ -227,13 +234,14 @@ pub fn init(level: &str, json: bool, otlp: Option<(&str, &str)>) -> Result<Telem
 }
 
 /// The JSON log format: one object per line with the event's fields, its target, and the
-/// current span's fields (the call's `trace_id` and `method`) under `span`.
+/// current span's fields under `span`: the call's `trace_id` and `method`, from its `grpc` span
+/// or, without one, from `call_context`.
 pub fn json_log_layer<S, W>(
     writer: W,
 ) -> tracing_subscriber::fmt::Layer<
     S,
     crate::json_fields::JsonSpanFields,
-    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    WithCallFields<tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>>,
     W,
 >
 where
@@ -246,6 +254,7 @@ where
         .with_span_list(false)
         .with_target(true)
         .fmt_fields(crate::json_fields::JsonSpanFields)
+        .map_event_format(WithCallFields)
         .with_writer(writer)
 }
 
@@ -327,11 +336,10 @@ pub struct TraceService<S> {
 impl<S, B> Service<http::Request<B>> for TraceService<S>
 where
     S: Service<http::Request<B>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
+    type Future = Either<tracing::instrument::Instrumented<S::Future>, InCall<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -339,8 +347,17 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let parent =
-            req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+            req.headers().get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
         let path = req.uri().path();
+        if !SPAN_PER_CALL.load(Ordering::Relaxed) {
+            // JSON logs and no OpenTelemetry layer: the call's fields ride on the thread while
+            // it is polled instead of in a span (see `call_context`).
+            let ctx = parent.map(|p| p.child()).unwrap_or_else(TraceContext::generate);
+            let call = Arc::new(CallFields::new(ctx.trace_id, path));
+            req.extensions_mut().insert(ctx);
+            let fut = call_context::enter(&call, || self.inner.call(req));
+            return Either::Right(InCall::new(fut, call));
+        }
         let (span, ctx) = if OTEL_LAYER_BUILT.load(Ordering::Relaxed) {
             // The span may be an OpenTelemetry span: its ids are the ones to pass on.
             let span = tracing::info_span!(
@@ -363,7 +380,7 @@ where
             (span, ctx)
         };
         req.extensions_mut().insert(ctx);
-        self.inner.call(req).instrument(span)
+        Either::Left(self.inner.call(req).instrument(span))
     }
 }
 
@@ -374,24 +391,13 @@ where
 /// an OpenTelemetry span and [`TraceLayer`] takes its cheaper path.
 static OTEL_LAYER_BUILT: AtomicBool = AtomicBool::new(false);
 
-/// A trace id as 32 lowercase hex digits, on the stack. Recorded as a `&str`, it costs the
-/// span's log formatter no `fmt` machinery (recording a `{:032x}` `Display` took about 2% of a
-/// server's CPU, most of it the formatting and escaping around it).
-struct TraceIdHex([u8; 32]);
+/// Set when a call needs a real `grpc` span: an OpenTelemetry layer exists (the span is what
+/// it exports) or logs are plain text (whose format knows nothing of `call_context`). Until
+/// then [`TraceLayer`] runs calls under `call_context` instead.
+static SPAN_PER_CALL: AtomicBool = AtomicBool::new(false);
 
-impl TraceIdHex {
-    fn new(trace_id: u128) -> Self {
-        let mut digits = [b'0'; 32];
-        // 16 bytes always fill 32 digits; the only error is a length mismatch.
-        let encoded = hex::encode_to_slice(trace_id.to_be_bytes(), &mut digits);
-        debug_assert!(encoded.is_ok());
-        Self(digits)
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
+/// The W3C trace context header.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 fn span_context(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
     if let Some(p) = parent {
@@ -495,6 +501,59 @@ mod tests {
                 .collect();
         assert_eq!(seen, expected);
         assert!(log.set_level("lo=ud=!").is_err(), "a bad filter is refused");
+    }
+
+    /// Calls `TraceLayer` around a handler that logs one line, with `traceparent` if given;
+    /// returns the log lines and the trace context the handler saw.
+    fn log_inside_a_call(traceparent: Option<&str>) -> (Vec<serde_json::Value>, Option<TraceContext>) {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let lines =
+            crate::json_fields::tests::log_lines_through(tracing_subscriber::layer::Identity::new(), || {
+                let seen = seen.clone();
+                let handler = tower::service_fn(move |req: http::Request<()>| {
+                    let seen = seen.clone();
+                    async move {
+                        tokio::task::yield_now().await;
+                        tracing::info!("handled");
+                        *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                            req.extensions().get::<TraceContext>().copied();
+                        Ok::<_, std::convert::Infallible>(())
+                    }
+                });
+                let mut svc = TraceLayer.layer(handler);
+                let mut req = http::Request::new(());
+                *req.uri_mut() = http::Uri::from_static("/ferry.inventory.v1.InventoryService/GetStock");
+                if let Some(tp) = traceparent {
+                    req.headers_mut().insert("traceparent", http::HeaderValue::from_str(tp).expect("ascii"));
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                rt.block_on(svc.call(req)).expect("infallible");
+                tracing::info!("after the call");
+            });
+        let seen = *seen.lock().unwrap_or_else(|p| p.into_inner());
+        (lines, seen)
+    }
+
+    #[test]
+    fn a_line_logged_inside_a_call_names_the_inbound_trace_and_the_method() {
+        let parent = TraceContext::generate();
+        let (lines, seen) = log_inside_a_call(Some(&parent.header_value()));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["fields"]["message"], "handled");
+        assert_eq!(lines[0]["span"]["trace_id"], parent.trace_id_hex());
+        assert_eq!(lines[0]["span"]["method"], "/ferry.inventory.v1.InventoryService/GetStock");
+        assert_eq!(lines[0]["span"]["name"], "grpc");
+        let seen = seen.expect("the handler got a trace context");
+        assert_eq!(seen.trace_id, parent.trace_id, "the context passed on continues the trace");
+        assert_ne!(seen.span_id, parent.span_id);
+        assert!(lines[1].get("span").is_none(), "a line after the call names no call: {}", lines[1]);
+    }
+
+    #[test]
+    fn a_call_without_traceparent_logs_the_trace_id_it_passes_on() {
+        let (lines, seen) = log_inside_a_call(None);
+        let seen = seen.expect("the handler got a trace context");
+        assert_eq!(lines[0]["span"]["trace_id"], seen.trace_id_hex());
     }
 
     #[test]
