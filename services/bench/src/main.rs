@@ -236,6 +236,10 @@ struct LoadResult {
     peak_rss_kib: Vec<(&'static str, u64)>,
     /// The server's CPU time per call over the load (middleware rounds only).
     server_cpu_ns_per_call: Option<f64>,
+    /// This load generator's CPU time per call over the load (middleware rounds only).
+    client_cpu_ns_per_call: Option<f64>,
+    /// Share of the machine's CPU time left idle during the load (middleware rounds only).
+    idle_share: Option<f64>,
 }
 
 impl LoadResult {
@@ -707,6 +711,8 @@ async fn no_db_load(
 ) -> anyhow::Result<LoadResult> {
     let pid = server.pid().unwrap_or(0);
     let before = cpu_ns(pid);
+    let client_before = cpu_ns(std::process::id());
+    let idle_before = machine_idle();
     let mut result = match call {
         NoDbCall::Health => health_load(ctx, server, duration).await,
         NoDbCall::GetStock => invalid_get_load(ctx, server, duration).await,
@@ -714,6 +720,13 @@ async fn no_db_load(
     let calls = result.ok + result.refused + result.errors;
     result.server_cpu_ns_per_call =
         before.zip(cpu_ns(pid)).filter(|_| calls > 0).map(|(b, a)| a.saturating_sub(b) as f64 / calls as f64);
+    result.client_cpu_ns_per_call = client_before
+        .zip(cpu_ns(std::process::id()))
+        .filter(|_| calls > 0)
+        .map(|(b, a)| a.saturating_sub(b) as f64 / calls as f64);
+    result.idle_share = idle_before
+        .zip(machine_idle())
+        .and_then(|((i0, t0), (i1, t1))| (t1 > t0).then(|| i1.saturating_sub(i0) as f64 / (t1 - t0) as f64));
     Ok(result)
 }
 
@@ -728,6 +741,16 @@ fn cpu_ns(pid: u32) -> Option<u64> {
             .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
             .sum(),
     )
+}
+
+/// The machine's idle and total CPU time so far, in clock ticks (the `cpu` line of /proc/stat;
+/// idle counts `idle` and `iowait`).
+fn machine_idle() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some((idle, ticks.iter().take(8).sum()))
 }
 
 /// Loads `bare` and `full` back to back with `call` (full first when `full_first`); returns
@@ -775,20 +798,29 @@ async fn middleware(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<()> {
         let (bg, fg) = paired(ctx, &bare, inv, NoDbCall::GetStock, round, full_first).await?;
         ratio_h.push(fh.rate() / bh.rate().max(1e-9));
         ratio_g.push(fg.rate() / bg.rate().max(1e-9));
-        let us = |r: &LoadResult| r.server_cpu_ns_per_call.map_or(f64::NAN, |ns| ns / 1000.0);
+        let us = |ns: Option<f64>| ns.map_or(f64::NAN, |ns| ns / 1000.0);
+        let cpu = |f: &LoadResult, b: &LoadResult| {
+            format!(
+                "server CPU {:.1}/{:.1} µs per call, client {:.1}/{:.1}, idle {:.0}%/{:.0}%",
+                us(f.server_cpu_ns_per_call),
+                us(b.server_cpu_ns_per_call),
+                us(f.client_cpu_ns_per_call),
+                us(b.client_cpu_ns_per_call),
+                f.idle_share.map_or(f64::NAN, |x| x * 100.0),
+                b.idle_share.map_or(f64::NAN, |x| x * 100.0),
+            )
+        };
         eprintln!(
-            "  round {}: Health {:.0}/{:.0} = {:.2}× (server CPU {:.1}/{:.1} µs per call), GetStock {:.0}/{:.0} = {:.2}× ({:.1}/{:.1} µs)",
+            "  round {}: Health {:.0}/{:.0} = {:.2}× ({}), GetStock {:.0}/{:.0} = {:.2}× ({})",
             i + 1,
             fh.rate(),
             bh.rate(),
             ratio_h[i],
-            us(&fh),
-            us(&bh),
+            cpu(&fh, &bh),
             fg.rate(),
             bg.rate(),
             ratio_g[i],
-            us(&fg),
-            us(&bg),
+            cpu(&fg, &bg),
         );
         bare_h.push(bh);
         full_h.push(fh);

@@ -1,8 +1,11 @@
-//! Logging (JSON by default, with the request's trace id on every line through the span) and
-//! W3C trace context (`traceparent`) propagation.
+//! Logging (JSON by default, with the request's trace id on every line written during a call)
+//! and W3C trace context (`traceparent`) propagation.
 //!
-//! Each gRPC call runs inside a `grpc` span carrying `trace_id`; the id comes from an inbound
-//! `traceparent` header or is generated. The order service passes it on to inventory with a
+//! Each gRPC call carries a `trace_id` and its `method` into the log lines written while it
+//! runs, under `span`; the id comes from an inbound `traceparent` header or is generated. With
+//! span export on (or plain-text logs) the call runs inside a `grpc` span holding them; with
+//! JSON logs and no export they ride on the thread instead (see `call_context`), which costs a
+//! call far less than a span. The order service passes it on to inventory with a
 //! fresh parent span id, so one order's log lines in both services share a trace id.
 //!
 //! Spans are exported over OTLP (gRPC) when an endpoint is configured (`--otlp-endpoint` /
