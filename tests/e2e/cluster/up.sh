@@ -12,6 +12,8 @@
 #                    real node (containerd, kubelet, kube-proxy, CoreDNS) and the
 #                    whole cluster inside a network namespace; see real-node.sh.
 #                    Its state lives in target/cluster-real, so both can run.
+#   APISERVER_PROFILING  true serves kube-apiserver's /debug/pprof (default
+#                    false), to see where its CPU goes under a benchmark
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -187,7 +189,7 @@ start kube-apiserver kube-apiserver \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range "$SERVICE_CIDR" \
-  --allow-privileged=true --profiling=false
+  --allow-privileged=true --profiling="${APISERVER_PROFILING:-false}"
 wait_for kube-apiserver 60 kc get --raw /readyz
 
 log "starting kube-controller-manager"
