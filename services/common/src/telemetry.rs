@@ -33,8 +33,6 @@ use opentelemetry_sdk::{
 };
 use tower::{Layer, Service};
 use tracing::Instrument;
-
-use crate::call_context::{self, CallFields, InCall, TraceIdHex, WithCallFields};
 use tracing::{Metadata, subscriber::Interest};
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 use tracing_subscriber::{
@@ -42,6 +40,8 @@ use tracing_subscriber::{
     layer::SubscriberExt,
     util::SubscriberInitExt,
 };
+
+use crate::call_context::{self, CallFields, InCall, TraceIdHex, WithCallFields};
 
 /// Parses a log filter: a default level and per-target levels, such as `info` or
 /// `info,sqlx=warn` (tracing-subscriber's `Targets` syntax).
@@ -387,11 +387,8 @@ where
     }
 }
 
-/// The context of this server's span for `span`. When OpenTelemetry export is on, the span is
-/// made a child of the inbound `parent` and its own ids are returned; otherwise a child of
-/// `parent` (or a new root) is made up with the same rules.
 /// Set once an OpenTelemetry layer has been built ([`otel_layer`]); until then no span can be
-/// an OpenTelemetry span and [`TraceLayer`] takes its cheaper path.
+/// an OpenTelemetry span and [`TraceLayer`] makes up the ids itself.
 static OTEL_LAYER_BUILT: AtomicBool = AtomicBool::new(false);
 
 /// Set when a call needs a real `grpc` span: an OpenTelemetry layer exists (the span is what
@@ -402,6 +399,9 @@ static SPAN_PER_CALL: AtomicBool = AtomicBool::new(false);
 /// The W3C trace context header.
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
+/// The context of this server's span for `span`. When OpenTelemetry export is on, the span is
+/// made a child of the inbound `parent` and its own ids are returned; otherwise a child of
+/// `parent` (or a new root) is made up with the same rules.
 fn span_context(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
     if let Some(p) = parent {
         let remote = SpanContext::new(
