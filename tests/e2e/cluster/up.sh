@@ -13,7 +13,8 @@
 #                    whole cluster inside a network namespace; see real-node.sh.
 #                    Its state lives in target/cluster-real, so both can run.
 #   APISERVER_PROFILING  true serves kube-apiserver's /debug/pprof (default
-#                    false), to see where its CPU goes under a benchmark
+#                    false), to see where its CPU goes under a benchmark; read
+#                    when the apiserver starts, so stop a running cluster first
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
