@@ -52,8 +52,8 @@ pub fn parse_filter(spec: &str) -> Result<Targets, String> {
 /// The log filter, replaceable at runtime.
 ///
 /// tracing-subscriber's `reload` layer around an `EnvFilter` took two shared read locks on
-/// every span enter, exit and close (reload's own and `EnvFilter`'s span table); every gRPC
-/// call opens a span, so both worker threads wrote those lock words several times per call.
+/// every span enter, exit and close (reload's own and `EnvFilter`'s span table); when every gRPC
+/// call opened a span, both worker threads wrote those lock words several times per call.
 /// This filter is asked only when a callsite registers (its answer is cached) and when the
 /// cache is rebuilt after a reload; it has nothing to do on span enter, exit or close.
 #[derive(Clone)]
