@@ -191,15 +191,18 @@ mod tests {
             resp.headers().get("grpc-status").map(|v| tonic::Code::from_bytes(v.as_bytes()))
         };
 
-        // The first call waits for `answer`, holding the only permit: the next is refused.
-        let waiting = tokio::spawn(svc.call(req()));
-        tokio::task::yield_now().await;
+        // The first call takes the only permit in `call` and waits for `answer`: the next is
+        // refused.
+        let mut waiting = Box::pin(svc.call(req()));
         let refused = svc.call(req()).await.unwrap_or_else(|e| match e {});
         assert_eq!(code(&refused), Some(tonic::Code::ResourceExhausted));
         answer.send(()).expect("the call is waiting");
-        let answered = waiting.await.expect("call task").unwrap_or_else(|e| match e {});
+        // Awaited through a reference, the answered future is still alive: the permit must come
+        // back when it answers, not only when hyper drops it.
+        let answered = (&mut waiting).await.unwrap_or_else(|e| match e {});
         assert_eq!(code(&answered), None, "an admitted call reaches the service");
         assert_eq!(limit.in_flight.load(Ordering::Acquire), 0, "answering gives the permit back");
+        drop(waiting);
 
         // A call dropped before it answers (the client went away) gives it back too.
         let dropped = svc.call(req());
