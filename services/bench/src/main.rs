@@ -718,12 +718,11 @@ async fn no_db_load(
         NoDbCall::GetStock => invalid_get_load(ctx, server, duration).await,
     }?;
     let calls = result.ok + result.refused + result.errors;
-    result.server_cpu_ns_per_call =
-        before.zip(cpu_ns(pid)).filter(|_| calls > 0).map(|(b, a)| a.saturating_sub(b) as f64 / calls as f64);
-    result.client_cpu_ns_per_call = client_before
-        .zip(cpu_ns(std::process::id()))
-        .filter(|_| calls > 0)
-        .map(|(b, a)| a.saturating_sub(b) as f64 / calls as f64);
+    let per_call = |before: Option<u64>, after: Option<u64>| {
+        before.zip(after).filter(|_| calls > 0).map(|(b, a)| a.saturating_sub(b) as f64 / calls as f64)
+    };
+    result.server_cpu_ns_per_call = per_call(before, cpu_ns(pid));
+    result.client_cpu_ns_per_call = per_call(client_before, cpu_ns(std::process::id()));
     result.idle_share = idle_before
         .zip(machine_idle())
         .and_then(|((i0, t0), (i1, t1))| (t1 > t0).then(|| i1.saturating_sub(i0) as f64 / (t1 - t0) as f64));
