@@ -410,13 +410,23 @@ async fn reconcile_inner(
     let deployment_view = observed_deployment
         .as_deref()
         .map(DeploymentView::from_deployment);
-    let desired_replicas = desired::effective_replicas(ms);
 
     // 1. Validate: an invalid spec is parked behind InvalidSpec; nothing else is written.
     let extras = match validation::check(ms) {
         Ok(extras) => extras,
         Err(err) => return park_invalid(ctx, ms_api, ms, &err, deployment_view.as_ref()).await,
     };
+    // NB: the seed comes before every other write, so the one status write below already
+    // records the generation it produced; the rest of the reconcile reads the seeded object.
+    let seeded = seed_replicas(ctx, ms_api, ms).await?;
+    if let Some(stored) = &seeded
+        && stored.metadata.generation != ms.metadata.generation.map(|g| g + 1)
+    {
+        // Someone else changed the spec since it was validated: reconcile what is stored now.
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    let ms = seeded.as_ref().unwrap_or(ms);
+    let desired_replicas = desired::effective_replicas(ms);
 
     // 2. Dependencies, from the MicroService cache.
     let deps_map: BTreeMap<String, Arc<MicroService>> = ms
@@ -606,36 +616,6 @@ async fn reconcile_inner(
         ctx.metrics.set_rollout_phase(ns, name, next.phase.as_str());
     }
 
-    // 7. With autoscaling and no replica count yet, seed spec.replicas once: an autoscaler reads a
-    // missing count as 0 (scaling disabled), and the scale subresource cannot write a field that does
-    // not exist. From then on the autoscaler owns the field through the scale subresource. NB: this
-    // runs after the status write, which the creation-time CEL rule relies on.
-    if let (Some(a), None) = (&ms.spec.autoscaling, ms.spec.replicas) {
-        ctx.ensure_leader()?;
-        ctx.metrics.wrote("MicroService", "seed_replicas");
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
-        let seeded = ms_api
-            .patch(
-                name,
-                &params,
-                &Patch::Merge(json!({"spec": {"replicas": a.min_replicas}})),
-            )
-            .await?;
-        // NB: the seed bumps the generation but changes nothing the status describes (the desired
-        // count was already minReplicas), so record the new generation now instead of in a later
-        // reconcile that would wait behind every queued MicroService.
-        if seeded.metadata.generation.is_some()
-            && seeded.metadata.generation != next.observed_generation
-        {
-            let mut current = next.clone();
-            current.observed_generation = seeded.metadata.generation;
-            write_status(ctx, ms_api, &seeded, &current).await?;
-        }
-    }
-
     let base = if held || !deps.ready() {
         DEPENDENCY_RECHECK
     } else {
@@ -647,6 +627,35 @@ async fn reconcile_inner(
     Ok(Action::requeue(
         rollout_requeue.map_or(base, |r| r.min(base)),
     ))
+}
+
+/// With autoscaling and no replica count yet, seeds `spec.replicas = minReplicas` once and returns
+/// the seeded object. An autoscaler reads a missing count as 0 (scaling disabled), and the scale
+/// subresource cannot write a field that does not exist; from then on the autoscaler owns the field
+/// through the scale subresource. The CRD's `optionalOldSelf` rule on `spec.replicas` lets this
+/// update through because autoscaling was already on, while it refuses both fields at creation.
+async fn seed_replicas(
+    ctx: &Context,
+    ms_api: &Api<MicroService>,
+    ms: &MicroService,
+) -> Result<Option<MicroService>> {
+    let (Some(autoscaling), None) = (&ms.spec.autoscaling, ms.spec.replicas) else {
+        return Ok(None);
+    };
+    ctx.ensure_leader()?;
+    ctx.metrics.wrote("MicroService", "seed_replicas");
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let seeded = ms_api
+        .patch(
+            &ms.name_any(),
+            &params,
+            &Patch::Merge(json!({"spec": {"replicas": autoscaling.min_replicas}})),
+        )
+        .await?;
+    Ok(Some(seeded))
 }
 
 /// The RollingUpdate strategy: one Deployment named after the MicroService, and its Service.

@@ -65,10 +65,6 @@ pub const MAX_SECRETS: usize = 16;
     printcolumn(name = "Image", type_ = "string", json_path = ".spec.image", description = "Container image"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower case letters, digits and '-', starting with a letter, at most 63 characters) because it names the generated Service"),
-    // NB: on create the apiserver drops `status` (status subresource), so `has(self.status)` is false
-    // exactly on create; later updates are covered by the transition rule on the spec, which lets the
-    // autoscaler write spec.replicas once autoscaling was already on.
-    validation = Rule::new("has(self.status) || !has(self.spec.replicas) || !has(self.spec.autoscaling)").message("spec.replicas and spec.autoscaling are mutually exclusive: with autoscaling the HorizontalPodAutoscaler owns spec.replicas through the scale subresource; remove spec.replicas").field_path(".spec.replicas"),
     validation = Rule::new("!has(self.spec.dependsOn) || self.spec.dependsOn.all(d, d.name != self.metadata.name)").message("a MicroService cannot depend on itself"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -76,7 +72,7 @@ pub const MAX_SECRETS: usize = 16;
     validation = Rule::new("self.ports.all(p, self.ports.exists_one(q, q.name == p.name))").message("port names must be unique").field_path(".ports"),
     validation = Rule::new("self.ports.all(p, self.ports.exists_one(q, q.port == p.port))").message("container port numbers must be unique").field_path(".ports"),
     validation = Rule::new("self.ports.all(p, self.ports.exists_one(q, (has(q.servicePort) ? q.servicePort : q.port) == (has(p.servicePort) ? p.servicePort : p.port)))").message("service port numbers must be unique").field_path(".ports"),
-    validation = Rule::new("!has(self.replicas) || !has(self.autoscaling) || has(oldSelf.autoscaling)").message("spec.replicas and spec.autoscaling are mutually exclusive: with autoscaling the HorizontalPodAutoscaler owns spec.replicas through the scale subresource; remove spec.replicas").field_path(".replicas"),
+    validation = Rule::new("!has(self.replicas) || !has(self.autoscaling) || (oldSelf.hasValue() && has(oldSelf.value().autoscaling))").optional_old_self(true).message("spec.replicas and spec.autoscaling are mutually exclusive: with autoscaling the HorizontalPodAutoscaler owns spec.replicas through the scale subresource; remove spec.replicas").field_path(".replicas"),
     validation = Rule::new("!has(self.health) || !has(self.health.port) || self.ports.exists(p, p.name == self.health.port)").message("health.port must name one of spec.ports").field_path(".health.port"),
     validation = Rule::new("!has(self.monitoring) || !has(self.monitoring.port) || self.ports.exists(p, p.name == self.monitoring.port)").message("monitoring.port must name one of spec.ports").field_path(".monitoring.port"),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetCPUUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)").message("autoscaling on CPU needs resources.requests.cpu: the autoscaler computes utilization against the request").field_path(".resources"),

@@ -280,6 +280,33 @@ async fn each_invalid_spec_is_rejected_at_admission_with_its_rules_message() {
         // Nothing was half-written.
         let list = ctx.microservices().list(&Default::default()).await.expect("list");
         assert!(list.items.is_empty(), "no rejected object was stored");
+
+        // The same rule on update: autoscaling cannot be added while spec.replicas stays.
+        let mut fixed = base.clone();
+        fixed.as_object_mut().expect("spec object").remove("autoscaling");
+        json_merge(&mut fixed, json!({"replicas": 2}));
+        ctx.create_microservice("fixed", fixed).await.expect("a fixed replica count is valid");
+        let adding = ctx
+            .microservices()
+            .patch(
+                "fixed",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}})),
+            )
+            .await;
+        match adding {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "rejected as Invalid: {}", status.message);
+                assert!(
+                    status.message.contains("spec.replicas and spec.autoscaling are mutually exclusive"),
+                    "the rule's message in {:?}",
+                    status.message
+                );
+            }
+            other => panic!("adding autoscaling next to spec.replicas: expected a 422 rejection, got {other:?}"),
+        }
+        let stored = ctx.microservices().get("fixed").await.expect("get fixed");
+        assert!(stored.data["spec"].get("autoscaling").is_none(), "the rejected update left the object as it was");
     })
     .await;
 }

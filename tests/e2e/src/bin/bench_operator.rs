@@ -47,6 +47,8 @@ struct Round {
     available: Duration,
     /// CPU seconds each process spent from the first create to convergence.
     cpu: BTreeMap<String, f64>,
+    /// API requests from the first create to convergence, by "verb resource", all clients.
+    requests: BTreeMap<String, f64>,
     peak_rss_kib: u64,
     idle_by_verb: BTreeMap<String, f64>,
     idle_operator_writes: f64,
@@ -85,6 +87,20 @@ async fn main() {
     println!("CPU seconds from the first create to convergence, per process:");
     for r in &rounds {
         println!("- {}: {}", r.n, cpu_line(&r.cpu));
+    }
+    println!();
+    println!(
+        "API requests from the first create to convergence (all clients, by count, those of 10 or more):"
+    );
+    for r in &rounds {
+        let mut largest: Vec<_> = r.requests.iter().collect();
+        largest.sort_by(|a, b| b.1.total_cmp(a.1));
+        let line: Vec<_> = largest
+            .iter()
+            .take_while(|(_, v)| **v >= 10.0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("- {}: {}", r.n, line.join(", "));
     }
     println!();
     println!(
@@ -136,6 +152,7 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     // MicroServices five times a second cost the apiserver more CPU than the operator's own work.
     let watched = Watched::start(client, &ns);
     let cpu_before = cpu_seconds(Some(pid));
+    let api_before = apiserver_requests(client).await;
     let start = Instant::now();
     stream::iter(0..n)
         .for_each_concurrent(16, |i| {
@@ -176,6 +193,7 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     .expect("converged");
     let converge = start.elapsed();
     let cpu = cpu_delta(&cpu_before, &cpu_seconds(Some(pid)));
+    let requests = requests_by_verb(&api_before, &apiserver_requests(client).await, |_| true);
     eprintln!(
         "[bench] {n}: converged after {:.1} s",
         converge.as_secs_f64()
@@ -218,18 +236,9 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     // VmHWM is the kernel's own high-water mark of the process' RSS.
     let peak_rss_kib = rss_kib(pid, "VmHWM");
 
-    let mut idle_by_verb = BTreeMap::new();
-    for (key, v) in &idle_end_api {
-        let (verb, resource, _) = key;
-        if MANAGED.contains(&resource.as_str()) {
-            let d = v - idle_start_api.get(key).copied().unwrap_or(0.0);
-            if d > 0.0 {
-                *idle_by_verb
-                    .entry(format!("{verb} {resource}"))
-                    .or_insert(0.0) += d;
-            }
-        }
-    }
+    let idle_by_verb = requests_by_verb(&idle_start_api, &idle_end_api, |resource| {
+        MANAGED.contains(&resource)
+    });
     let throttled: f64 = idle_end_api
         .iter()
         .filter(|((_, _, code), _)| code == "429")
@@ -243,11 +252,32 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
         converge,
         available,
         cpu,
+        requests,
         peak_rss_kib,
         idle_by_verb,
         idle_operator_writes: idle_end_writes - idle_start_writes,
         throttled,
     }
+}
+
+/// The requests made between two `apiserver_requests` readings, by "verb resource",
+/// for the resources `counted` accepts.
+fn requests_by_verb(
+    before: &BTreeMap<(String, String, String), f64>,
+    after: &BTreeMap<(String, String, String), f64>,
+    counted: impl Fn(&str) -> bool,
+) -> BTreeMap<String, f64> {
+    let mut by_verb = BTreeMap::new();
+    for ((verb, resource, code), v) in after {
+        let d = v - before
+            .get(&(verb.clone(), resource.clone(), code.clone()))
+            .copied()
+            .unwrap_or(0.0);
+        if counted(resource) && d > 0.0 {
+            *by_verb.entry(format!("{verb} {resource}")).or_insert(0.0) += d;
+        }
+    }
+    by_verb
 }
 
 /// `apiserver_request_total` by (verb, resource, code), from the apiserver's /metrics.
