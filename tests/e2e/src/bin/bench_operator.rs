@@ -9,6 +9,9 @@
 //! during an idle window after convergence (from the apiserver's
 //! `apiserver_request_total`, restricted to the kinds the operator manages,
 //! plus the operator's own write counter); and HTTP 429s during the round.
+//! Also printed, to read those numbers against: what one write costs the
+//! apiserver on the idle cluster, the no-operator baseline, CPU seconds per
+//! process, and every API request made from the first create to convergence.
 
 use std::{
     collections::BTreeMap,
@@ -68,11 +71,21 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let client = ferry_e2e::client().await;
+    let costs = write_costs(&client).await;
     let mut rounds = Vec::new();
     let mut baselines = Vec::new();
     for (i, n) in sizes.into_iter().enumerate() {
         baselines.push((n, baseline(&client, n).await));
         rounds.push(round(&client, n, Duration::from_secs(idle), 18090 + i as u16).await);
+    }
+    println!();
+    println!(
+        "Apiserver CPU per write on the idle cluster ({WRITES_PER_KIND} sequential writes of each kind, one connection):"
+    );
+    println!("| write | apiserver CPU per write |");
+    println!("|---|---:|");
+    for (kind, ms) in &costs {
+        println!("| {kind} | {ms:.1} ms |");
     }
     println!();
     println!(
@@ -243,7 +256,8 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
         .iter()
         .filter(|((_, _, code), _)| code == "429")
         .map(|(k, v)| v - before_round.get(k).copied().unwrap_or(0.0))
-        .sum();
+        // NB: an empty float sum is -0.0, which would print as "-0".
+        .fold(0.0, |total, d| total + d);
     drop(operator);
     delete_namespace(client, &ns).await;
     Round {
@@ -342,6 +356,107 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// Writes of each kind sent by [`write_costs`].
+const WRITES_PER_KIND: usize = 200;
+
+/// What one write costs this apiserver, by kind: its CPU time (from `/proc`) over
+/// [`WRITES_PER_KIND`] sequential writes, on the otherwise idle cluster. The floor the
+/// convergence numbers stand on: every status write and seed of a MicroService pays it.
+async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
+    let ns = format!("bench-writes-{}", unique_suffix());
+    create_namespace(client, &ns).await;
+    let microservices: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &microservice_resource());
+    let obj = DynamicObject::new("cost", &microservice_resource()).data(json!({"spec": {
+        "image": PAUSE_IMAGE,
+        "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}, {"name": "metrics", "port": 9090, "protocol": "http"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+        "monitoring": {"enabled": true, "port": "metrics"}
+    }}));
+    microservices
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create the MicroService");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &ns);
+    let cm = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("cost".into()),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    config_maps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create the ConfigMap");
+
+    let annotation =
+        |i: usize| json!({"metadata": {"annotations": {"ferry.dev/bench": i.to_string()}}});
+    // A status shaped like the operator's: six conditions, counts, a message that changes.
+    let status = |i: usize| {
+        let conditions: Vec<_> = [
+            "Available",
+            "Progressing",
+            "Degraded",
+            "DependenciesReady",
+            "ServiceMonitorReady",
+            "InvalidSpec",
+        ]
+        .iter()
+        .map(|t| {
+            json!({"type": t, "status": "False", "reason": "Bench", "message": format!("{t} {i}"),
+                "lastTransitionTime": "2026-11-26T10:00:00Z", "observedGeneration": 1})
+        })
+        .collect();
+        json!({"apiVersion": "ferry.dev/v1alpha1", "kind": "MicroService", "status": {
+            "observedGeneration": 1, "phase": "Progressing", "message": format!("write {i}"),
+            "replicas": 1, "readyReplicas": 0, "availableReplicas": 0, "updatedReplicas": 1,
+            "ready": "0/1", "selector": "app.kubernetes.io/name=cost", "conditions": conditions}})
+    };
+    let apiserver_cpu = || {
+        cpu_seconds(None)
+            .get("kube-apiserver")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let merge = kube::api::PatchParams::default();
+    let apply = kube::api::PatchParams::apply("ferry-bench").force();
+    let mut costs = Vec::new();
+    for kind in [
+        "MicroService status, server-side apply (as the operator writes it)",
+        "MicroService, merge patch of one annotation",
+        "ConfigMap, merge patch of one annotation",
+    ] {
+        let before = apiserver_cpu();
+        for i in 0..WRITES_PER_KIND {
+            let written = if kind.starts_with("MicroService status") {
+                microservices
+                    .patch_status("cost", &apply, &kube::api::Patch::Apply(status(i)))
+                    .await
+                    .map(drop)
+            } else if kind.starts_with("MicroService") {
+                microservices
+                    .patch("cost", &merge, &kube::api::Patch::Merge(annotation(i)))
+                    .await
+                    .map(drop)
+            } else {
+                config_maps
+                    .patch("cost", &merge, &kube::api::Patch::Merge(annotation(i)))
+                    .await
+                    .map(drop)
+            };
+            written.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
+        let per_write_ms = (apiserver_cpu() - before) * 1000.0 / WRITES_PER_KIND as f64;
+        eprintln!("[bench] {kind}: {per_write_ms:.1} ms apiserver CPU per write");
+        costs.push((kind, per_write_ms));
+    }
+    delete_namespace(client, &ns).await;
+    costs
 }
 
 /// Control-plane throughput without the operator: for `n` objects, applies the
