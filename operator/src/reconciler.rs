@@ -419,12 +419,6 @@ async fn reconcile_inner(
     // NB: the seed comes before every other write, so the one status write below already
     // records the generation it produced; the rest of the reconcile reads the seeded object.
     let seeded = seed_replicas(ctx, ms_api, ms).await?;
-    if let Some(stored) = &seeded
-        && stored.metadata.generation != ms.metadata.generation.map(|g| g + 1)
-    {
-        // Someone else changed the spec since it was validated: reconcile what is stored now.
-        return Ok(Action::requeue(Duration::ZERO));
-    }
     let ms = seeded.as_ref().unwrap_or(ms);
     let desired_replicas = desired::effective_replicas(ms);
 
@@ -634,6 +628,9 @@ async fn reconcile_inner(
 /// subresource cannot write a field that does not exist; from then on the autoscaler owns the field
 /// through the scale subresource. The CRD's `optionalOldSelf` rule on `spec.replicas` lets this
 /// update through because autoscaling was already on, while it refuses both fields at creation.
+/// NB: the patch carries the observed resourceVersion, so it lands only on the object that was
+/// validated; after any concurrent write (a `kubectl scale`, a spec edit) it fails with a
+/// conflict and the reconcile is retried on the stored object.
 async fn seed_replicas(
     ctx: &Context,
     ms_api: &Api<MicroService>,
@@ -652,7 +649,10 @@ async fn seed_replicas(
         .patch(
             &ms.name_any(),
             &params,
-            &Patch::Merge(json!({"spec": {"replicas": autoscaling.min_replicas}})),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": ms.resource_version()},
+                "spec": {"replicas": autoscaling.min_replicas},
+            })),
         )
         .await?;
     Ok(Some(seeded))
