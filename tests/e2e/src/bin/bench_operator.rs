@@ -171,14 +171,11 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
         .for_each_concurrent(16, |i| {
             let api = api.clone();
             async move {
-                let obj = DynamicObject::new(&format!("svc-{i:04}"), &microservice_resource()).data(json!({"spec": {
-                    "image": PAUSE_IMAGE,
-                    "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}, {"name": "metrics", "port": 9090, "protocol": "http"}],
-                    "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
-                    "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
-                    "monitoring": {"enabled": true, "port": "metrics"}
-                }}));
-                api.create(&PostParams::default(), &obj).await.expect("create msvc");
+                let obj = DynamicObject::new(&format!("svc-{i:04}"), &microservice_resource())
+                    .data(json!({ "spec": bench_spec() }));
+                api.create(&PostParams::default(), &obj)
+                    .await
+                    .expect("create msvc");
             }
         })
         .await;
@@ -358,8 +355,46 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The MicroService every round creates (and [`write_costs`] writes to): autoscaling and
+/// monitoring on, as the benchmark asks.
+fn bench_spec() -> serde_json::Value {
+    json!({
+        "image": PAUSE_IMAGE,
+        "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}, {"name": "metrics", "port": 9090, "protocol": "http"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+        "monitoring": {"enabled": true, "port": "metrics"}
+    })
+}
+
 /// Writes of each kind sent by [`write_costs`].
 const WRITES_PER_KIND: usize = 200;
+
+/// The writes [`write_costs`] prices.
+#[derive(Clone, Copy)]
+enum WriteKind {
+    MicroServiceStatus,
+    MicroServiceAnnotation,
+    ConfigMapAnnotation,
+}
+
+impl WriteKind {
+    const ALL: [Self; 3] = [
+        Self::MicroServiceStatus,
+        Self::MicroServiceAnnotation,
+        Self::ConfigMapAnnotation,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::MicroServiceStatus => {
+                "MicroService status, server-side apply (as the operator writes it)"
+            }
+            Self::MicroServiceAnnotation => "MicroService, merge patch of one annotation",
+            Self::ConfigMapAnnotation => "ConfigMap, merge patch of one annotation",
+        }
+    }
+}
 
 /// What one write costs this apiserver, by kind: its CPU time (from `/proc`) over
 /// [`WRITES_PER_KIND`] sequential writes, on the otherwise idle cluster. The floor the
@@ -369,13 +404,8 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
     create_namespace(client, &ns).await;
     let microservices: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &microservice_resource());
-    let obj = DynamicObject::new("cost", &microservice_resource()).data(json!({"spec": {
-        "image": PAUSE_IMAGE,
-        "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}, {"name": "metrics", "port": 9090, "protocol": "http"}],
-        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}},
-        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
-        "monitoring": {"enabled": true, "port": "metrics"}
-    }}));
+    let obj =
+        DynamicObject::new("cost", &microservice_resource()).data(json!({ "spec": bench_spec() }));
     microservices
         .create(&PostParams::default(), &obj)
         .await
@@ -426,34 +456,31 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
     let merge = kube::api::PatchParams::default();
     let apply = kube::api::PatchParams::apply("ferry-bench").force();
     let mut costs = Vec::new();
-    for kind in [
-        "MicroService status, server-side apply (as the operator writes it)",
-        "MicroService, merge patch of one annotation",
-        "ConfigMap, merge patch of one annotation",
-    ] {
+    for kind in WriteKind::ALL {
         let before = apiserver_cpu();
         for i in 0..WRITES_PER_KIND {
-            let written = if kind.starts_with("MicroService status") {
-                microservices
+            let written = match kind {
+                WriteKind::MicroServiceStatus => microservices
                     .patch_status("cost", &apply, &kube::api::Patch::Apply(status(i)))
                     .await
-                    .map(drop)
-            } else if kind.starts_with("MicroService") {
-                microservices
+                    .map(drop),
+                WriteKind::MicroServiceAnnotation => microservices
                     .patch("cost", &merge, &kube::api::Patch::Merge(annotation(i)))
                     .await
-                    .map(drop)
-            } else {
-                config_maps
+                    .map(drop),
+                WriteKind::ConfigMapAnnotation => config_maps
                     .patch("cost", &merge, &kube::api::Patch::Merge(annotation(i)))
                     .await
-                    .map(drop)
+                    .map(drop),
             };
-            written.unwrap_or_else(|e| panic!("{kind}: {e}"));
+            written.unwrap_or_else(|e| panic!("{}: {e}", kind.label()));
         }
         let per_write_ms = (apiserver_cpu() - before) * 1000.0 / WRITES_PER_KIND as f64;
-        eprintln!("[bench] {kind}: {per_write_ms:.1} ms apiserver CPU per write");
-        costs.push((kind, per_write_ms));
+        eprintln!(
+            "[bench] {}: {per_write_ms:.1} ms apiserver CPU per write",
+            kind.label()
+        );
+        costs.push((kind.label(), per_write_ms));
     }
     delete_namespace(client, &ns).await;
     costs
