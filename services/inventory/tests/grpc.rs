@@ -174,9 +174,8 @@ async fn health_becomes_serving_and_reflection_lists_the_service() {
 
 /// Sends a call the way order's inventory client does: a transport error (a call that raced
 /// its connection's GOAWAY; it carries a hyper error as its source) is retried, at most three
-/// attempts with backoff from 25 ms, because retrying at once can land on the same closing
-/// connection before the channel replaces it. A status the server answered is never retried.
-/// Returns the response and the number of attempts it took.
+/// attempts with backoff from 25 ms. A status the server answered is never retried. Returns
+/// the response and the number of attempts it took.
 async fn retrying_transport_errors<T, F, Fut>(mut call: F) -> Result<(T, u32), tonic::Status>
 where
     F: FnMut() -> Fut,
