@@ -141,13 +141,17 @@ where
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set_all(&reporter, &[name], ServingStatus::NotServing).await;
-    let reflection = descriptors
-        .iter()
-        .fold(tonic_reflection::server::Builder::configure(), |b, set| {
-            b.register_encoded_file_descriptor_set(set)
-        })
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: many tools still ask for v1alpha. Each lists the services in
+    // `descriptors` (this server's own), health and reflection.
+    let reflection = || {
+        descriptors
+            .iter()
+            .fold(tonic_reflection::server::Builder::configure(), |b, set| {
+                b.register_encoded_file_descriptor_set(set)
+            })
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let readiness = Readiness::new();
     let background = CancellationToken::new();
@@ -168,7 +172,9 @@ where
 
     let serve = server::builder(opts.max_connection_age)
         .layer(plumbing.layers())
-        .add_routes(routes.add_service(health_service).add_service(reflection))
+        .add_routes(
+            routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha),
+        )
         .serve_with_incoming_shutdown(
             server::incoming(grpc_listener),
             stop_accepting.clone().cancelled_owned(),

@@ -35,23 +35,26 @@ pub enum AuthError {
     /// The token's `exp` is in the past.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` is in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
     /// Signature, algorithm, issuer or audience do not match.
     #[error("token rejected: {0}")]
     Invalid(String),
     /// A valid token without the scope this method needs.
     #[error("token lacks scope `{0}`")]
     MissingScope(String),
-    /// The method is not in the scope table; refuse rather than guess.
-    #[error("no scope is defined for method {0}")]
+    /// The method is not in the scope table: this server does not serve it (a method it serves
+    /// but forgot to list is refused the same way, never let through).
+    #[error("method {0} is not served here")]
     UnknownMethod(String),
 }
 
 impl From<AuthError> for tonic::Status {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::MissingScope(_) | AuthError::UnknownMethod(_) => {
-                tonic::Status::permission_denied(err.to_string())
-            }
+            AuthError::MissingScope(_) => tonic::Status::permission_denied(err.to_string()),
+            AuthError::UnknownMethod(_) => tonic::Status::unimplemented(err.to_string()),
             _ => tonic::Status::unauthenticated(err.to_string()),
         }
     }
@@ -133,10 +136,24 @@ impl ScopeTable {
         Self { entries: entries.into_iter().map(|(a, b)| (a.into(), b.into())).collect() }
     }
 
+    /// `true` when `path` is one of the table's methods.
+    pub fn contains(&self, path: &str) -> bool {
+        self.required(path).is_some()
+    }
+
+    /// The method paths in the table.
+    pub fn methods(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(p, _)| p.as_str())
+    }
+
     fn required(&self, path: &str) -> Option<&str> {
         self.entries.iter().find(|(p, _)| p == path).map(|(_, s)| s.as_str())
     }
 }
+
+/// Clock skew allowed between a token's issuer and this server, in seconds: a token is
+/// accepted until `exp + 30 s`, and from `nbf - 30 s` when it carries an `nbf`.
+pub const LEEWAY_SECONDS: u64 = 30;
 
 /// Verified tokens an [`Authenticator`] remembers (most distinct tokens in its cache).
 pub const VERIFIED_CACHE_CAPACITY: usize = 4096;
@@ -187,7 +204,8 @@ impl Authenticator {
             other => return Err(KeyError::UnsupportedAlgorithm(format!("{other:?}"))),
         };
         let mut validation = Validation::new(alg);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
         Ok(Self { key, validation, scopes, verified: RwLock::new(HashMap::new()) })
@@ -220,6 +238,9 @@ impl Authenticator {
         if is_open_path(path) {
             return Ok(None);
         }
+        // An unknown method is UNIMPLEMENTED whatever the token, as the router would answer.
+        let required =
+            self.scopes.required(path).ok_or_else(|| AuthError::UnknownMethod(path.to_string()))?;
         let header = authorization.ok_or(AuthError::MissingToken)?;
         let header = std::str::from_utf8(header).map_err(|_| AuthError::MalformedToken)?;
         let token = header
@@ -229,8 +250,6 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MalformedToken)?;
         let claims = self.verify(token, now)?;
-        let required =
-            self.scopes.required(path).ok_or_else(|| AuthError::UnknownMethod(path.to_string()))?;
         if !claims.has_scope(required) {
             return Err(AuthError::MissingScope(required.to_string()));
         }
@@ -251,6 +270,7 @@ impl Authenticator {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
                     AuthError::MalformedToken
                 }
@@ -464,10 +484,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_method_is_denied_even_with_a_valid_token() {
+    fn a_method_not_served_here_is_unimplemented_with_or_without_a_token() {
         let t = token(b"sekrit", "inventory:write", 60);
-        let err = auth().authorize("/x.Y/Z", Some(&bearer(&t))).unwrap_err();
-        assert_eq!(tonic::Status::from(err).code(), tonic::Code::PermissionDenied);
+        for header in [Some(bearer(&t)), None] {
+            let err = auth().authorize("/x.Y/Z", header.as_deref()).unwrap_err();
+            assert_eq!(tonic::Status::from(err).code(), tonic::Code::Unimplemented);
+        }
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf_and_accepted_within_the_leeway() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let with_nbf = |nbf: u64| {
+            let claims =
+                serde_json::json!({"sub": "t", "exp": now + 3600, "nbf": nbf, "scope": "inventory:write"});
+            encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"sekrit")).unwrap()
+        };
+        let early = with_nbf(now + 600);
+        assert_eq!(auth().authorize(PATH, Some(&bearer(&early))), Err(AuthError::NotYetValid));
+        assert_eq!(tonic::Status::from(AuthError::NotYetValid).code(), tonic::Code::Unauthenticated);
+        let within_leeway = with_nbf(now + LEEWAY_SECONDS / 2);
+        assert!(auth().authorize(PATH, Some(&bearer(&within_leeway))).unwrap().is_some());
     }
 
     #[test]

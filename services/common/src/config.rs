@@ -4,6 +4,7 @@
 //! validated as a whole, and an invalid one keeps the old config, logs why and is counted.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -34,6 +35,22 @@ pub enum ConfigError {
         /// Why.
         #[source]
         source: serde_yaml::Error,
+    },
+    /// The file holds no YAML document.
+    #[error("config file {path} is empty; write `{{}}` for a config with no settings")]
+    Empty {
+        /// The file.
+        path: String,
+    },
+    /// A fault (see [`crate::fault`]) has a value out of range.
+    #[error("invalid setting `faults.{method}.{field}`: {reason}")]
+    Fault {
+        /// The method path the fault is set for.
+        method: String,
+        /// The field of the fault.
+        field: &'static str,
+        /// Why.
+        reason: String,
     },
     /// A value is out of range or inconsistent.
     #[error("invalid setting `{field}`: {reason}")]
@@ -119,6 +136,11 @@ pub struct ServerArgs {
     /// Burst a client may spend at once [default: one second's worth, at least 1]. Reloadable.
     #[arg(long, env = "RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<f64>,
+    /// Allow the `faults:` section of the config file (injected delays and errors per method,
+    /// for testing alerts). Off by default, and only a flag or the environment can turn it on,
+    /// never the config file; without it a config with faults is refused.
+    #[arg(long, env = "FERRY_ALLOW_FAULT_INJECTION", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_fault_injection: Option<bool>,
 }
 
 /// The config file. Every key is optional; unknown keys are an error (a typo must not pass
@@ -176,6 +198,24 @@ pub struct FileConfig {
     pub breaker_failure_threshold: Option<u32>,
     /// Order service: how long the breaker stays open before a probe, ms.
     pub breaker_open_ms: Option<u64>,
+    /// Order service: how long a saga run's claim on an order lasts without renewal, ms.
+    pub order_lease_ms: Option<u64>,
+    /// Order service: how often the recoverer looks for unsettled orders, ms.
+    pub recovery_interval_ms: Option<u64>,
+    /// Order service: most orders the recoverer claims per pass.
+    pub recovery_batch: Option<u32>,
+    /// Message broker (NATS JetStream) URL; events are on when set.
+    pub nats_url: Option<String>,
+    /// Prefix of the broker's streams, subjects and consumers.
+    pub events_prefix: Option<String>,
+    /// Deliveries of a failing event before it is parked.
+    pub event_max_deliveries: Option<u32>,
+    /// Order service: `sync` or `async` saga for new orders.
+    pub saga_mode: Option<String>,
+    /// Injected faults by method path; refused unless `--allow-fault-injection` (see
+    /// [`crate::fault`]). Reloadable.
+    #[serde(default)]
+    pub faults: BTreeMap<String, crate::fault::FaultSpec>,
 }
 
 impl FileConfig {
@@ -186,13 +226,16 @@ impl FileConfig {
         Self::parse(&text, path)
     }
 
-    /// Parses YAML text (an empty file is an empty config).
+    /// Parses YAML text. A file with no YAML document in it (empty, blank or only comments)
+    /// is refused: a file caught half-written must not reset every setting to its default.
+    /// `{}` is a config with no settings.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        if text.trim().is_empty() {
-            return Ok(Self::default());
+        let parse_error = |source| ConfigError::Parse { path: path.display().to_string(), source };
+        let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_error)?;
+        if document.is_null() {
+            return Err(ConfigError::Empty { path: path.display().to_string() });
         }
-        serde_yaml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+        serde_yaml::from_value(document).map_err(parse_error)
     }
 
     /// Loads the file if one is configured.
@@ -241,6 +284,10 @@ pub struct ServerSettings {
     pub rate_limit_per_client: f64,
     /// Per-client burst.
     pub rate_limit_burst: f64,
+    /// `--allow-fault-injection`: only a flag or env var sets it, never the file.
+    pub allow_fault_injection: bool,
+    /// The config file's `faults:` section, validated by [`ServerSettings::fault_plan`].
+    pub faults: BTreeMap<String, crate::fault::FaultSpec>,
 }
 
 /// JWT verification settings.
@@ -334,6 +381,8 @@ impl ServerSettings {
         Ok(Self {
             rate_limit_per_client,
             rate_limit_burst,
+            allow_fault_injection: args.allow_fault_injection.unwrap_or(false),
+            faults: file.faults.clone(),
             grpc_addr: pick(args.grpc_addr, file.grpc_addr, defaults.grpc_addr),
             metrics_addr: pick(args.metrics_addr, file.metrics_addr, defaults.metrics_addr),
             database_url,
@@ -358,6 +407,17 @@ impl ServerSettings {
             )
             .map(str::to_string),
         })
+    }
+}
+
+impl ServerSettings {
+    /// The faults to inject, validated against this server's `methods`; an error if any is
+    /// set without `--allow-fault-injection`.
+    pub fn fault_plan(
+        &self,
+        methods: &crate::auth::ScopeTable,
+    ) -> Result<crate::fault::FaultPlan, ConfigError> {
+        crate::fault::FaultPlan::resolve(self.allow_fault_injection, &self.faults, methods)
     }
 }
 
@@ -470,9 +530,53 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_config_file_is_refused_and_braces_are_a_config_with_no_settings() {
+        for text in ["", "  \n", "# only a comment\n"] {
+            let err = FileConfig::parse(text, Path::new("f.yaml")).unwrap_err();
+            assert!(matches!(err, ConfigError::Empty { .. }), "{text:?}: {err}");
+        }
+        assert_eq!(FileConfig::parse("{}", Path::new("f.yaml")).unwrap(), FileConfig::default());
+        let file = FileConfig::parse("log_level: warn\n", Path::new("f.yaml")).unwrap();
+        assert_eq!(file.log_level.as_deref(), Some("warn"));
+    }
+
+    #[test]
+    fn faults_are_read_from_the_file_in_flow_style_and_need_the_switch() {
+        let text = "faults: {\"/ferry.inventory.v1.InventoryService/DeductStock\": {delay_ms: 800, error_ratio: 0.5}}\n";
+        let file =
+            FileConfig { auth_disabled: Some(true), ..FileConfig::parse(text, Path::new("f.yaml")).unwrap() };
+        let methods =
+            crate::auth::ScopeTable::new([("/ferry.inventory.v1.InventoryService/DeductStock", "w")]);
+        let off = ServerSettings::resolve(&ServerArgs::default(), &file, DEFAULTS).unwrap();
+        assert!(off.fault_plan(&methods).unwrap_err().to_string().contains("--allow-fault-injection"));
+        let args = ServerArgs { allow_fault_injection: Some(true), ..Default::default() };
+        let on = ServerSettings::resolve(&args, &file, DEFAULTS).unwrap().fault_plan(&methods).unwrap();
+        let fault = on.get("/ferry.inventory.v1.InventoryService/DeductStock").unwrap();
+        assert_eq!((fault.delay, fault.error_ratio), (Duration::from_millis(800), 0.5));
+        assert!(FileConfig::parse("faults: {}\n", Path::new("f.yaml")).unwrap().faults.is_empty());
+        let err = FileConfig::parse("allow_fault_injection: true\n", Path::new("f.yaml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "the switch is not a file setting: {err}");
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_rejected() {
         let err = FileConfig::parse("max_concurent_requests: 3\n", Path::new("f.yaml")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }));
+    }
+
+    #[test]
+    fn unknown_log_level_names_are_rejected() {
+        for level in ["debugg", "warnn", "info,debugg", "sqlx=warnn", "", " "] {
+            let file =
+                FileConfig { auth_disabled: Some(true), log_level: Some(level.into()), ..Default::default() };
+            let err = ServerSettings::resolve(&ServerArgs::default(), &file, DEFAULTS).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { field: "log_level", .. }), "{level:?}: {err}");
+        }
+        for level in ["info", "WARN", "off", "info,sqlx=warn", "debug,h2=info,tower=off"] {
+            let file =
+                FileConfig { auth_disabled: Some(true), log_level: Some(level.into()), ..Default::default() };
+            assert!(ServerSettings::resolve(&ServerArgs::default(), &file, DEFAULTS).is_ok(), "{level:?}");
+        }
     }
 
     #[test]

@@ -11,15 +11,18 @@
 //! - [`config`]: flags over env over a watched config file.
 //! - [`shutdown`]: SIGTERM drain sequence.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`fault`]: opt-in fault injection (delay, error ratio per method) for testing alerts.
 //! - [`deadline`]: per-call deadlines from `grpc-timeout` (DEADLINE_EXCEEDED).
 //! - [`server`]: the layer stack and tonic transport settings.
 //! - [`health`]: drives `grpc.health.v1` and readiness from the database probe.
+//! - [`wire`]: header size limit and standard codes for undecodable or oversized requests.
 
 pub mod app;
 pub mod auth;
 pub mod call_context;
 pub mod config;
 pub mod deadline;
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod json_fields;
@@ -29,3 +32,4 @@ pub mod server;
 pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wire;

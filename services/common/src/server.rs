@@ -11,18 +11,28 @@ use tower::layer::util::{Identity, Stack};
 use crate::{
     auth::{AuthLayer, AuthState},
     deadline::DeadlineLayer,
+    fault::{FaultLayer, Faults},
     metrics::{MetricsLayer, ServerMetrics},
     ratelimit::{RateLimitLayer, RateLimiter},
     shed::{ConcurrencyLimit, LoadShedLayer},
     telemetry::TraceLayer,
+    wire::{H2_MAX_HEADER_LIST_BYTES, WireLayer},
 };
 
-/// Outermost first: trace context, metrics, load shedding, auth, per-client rate limit, deadline.
+/// Outermost first: trace context, metrics, wire limits and codes, load shedding, auth,
+/// per-client rate limit, deadline, injected faults. Faults are innermost, where the handler
+/// is: metrics see a faulted call as a real one, and the deadline bounds an injected delay.
 pub type FerryStack = Stack<
-    DeadlineLayer,
+    FaultLayer,
     Stack<
-        RateLimitLayer,
-        Stack<AuthLayer, Stack<LoadShedLayer, Stack<MetricsLayer, Stack<TraceLayer, Identity>>>>,
+        DeadlineLayer,
+        Stack<
+            RateLimitLayer,
+            Stack<
+                AuthLayer,
+                Stack<LoadShedLayer, Stack<WireLayer, Stack<MetricsLayer, Stack<TraceLayer, Identity>>>>,
+            >,
+        >,
     >,
 >;
 
@@ -41,6 +51,8 @@ pub struct Plumbing {
     pub rate_limit: Arc<RateLimiter>,
     /// `ferry_requests_rate_limited_total`.
     pub rate_limited: prometheus_client::metrics::counter::Counter,
+    /// Injected faults (none until [`Faults::set`] or [`Plumbing::apply`] sets a plan).
+    pub faults: Arc<Faults>,
 }
 
 impl Plumbing {
@@ -56,10 +68,12 @@ impl Plumbing {
         tower::ServiceBuilder::new()
             .layer(TraceLayer)
             .layer(MetricsLayer::new(&state.metrics))
+            .layer(WireLayer)
             .layer(LoadShedLayer::new(&state.limit, &state.metrics))
             .layer(AuthLayer::new(&state.auth))
             .layer(RateLimitLayer::new(&state.rate_limit, &state.rate_limited))
             .layer(DeadlineLayer::new(&state.request_timeout_ms))
+            .layer(FaultLayer::new(&state.faults))
             .into_inner()
     }
 }
@@ -82,8 +96,14 @@ impl Plumbing {
 /// lost their in-flight calls. Without it the GOAWAY comes at the age, in-flight calls finish
 /// on the old connection (each is bounded by the server's per-call deadline) and new calls go
 /// to a new connection, which kube-proxy sends to the pods the Service selects now.
+///
+/// HTTP/2 header lists are bounded at [`H2_MAX_HEADER_LIST_BYTES`], above the limit the
+/// middleware enforces with a gRPC status (see [`crate::wire`]).
 pub fn builder(max_connection_age: Duration) -> Server {
-    Server::builder().tcp_nodelay(true).max_connection_age(max_connection_age)
+    Server::builder()
+        .tcp_nodelay(true)
+        .max_connection_age(max_connection_age)
+        .http2_max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
 }
 
 /// Idle time before the kernel starts probing a connection, then the probe interval; a peer
@@ -127,6 +147,7 @@ impl Plumbing {
             rate_limited.clone(),
         );
         Self {
+            faults: Faults::register(registry),
             rate_limit: RateLimiter::new(0.0, 1.0),
             rate_limited,
             metrics: Arc::new(ServerMetrics::register(registry)),
@@ -138,8 +159,8 @@ impl Plumbing {
         }
     }
 
-    /// Applies the reloadable parts of new settings: log level, limits, auth keys. Everything
-    /// is validated first, so a bad file changes nothing.
+    /// Applies the reloadable parts of new settings: log level, limits, auth keys, faults.
+    /// Everything is validated first, so a bad file changes nothing.
     pub fn apply(
         &self,
         settings: &crate::config::ServerSettings,
@@ -147,6 +168,7 @@ impl Plumbing {
         scopes: &crate::auth::ScopeTable,
     ) -> Result<(), String> {
         let auth = authenticator(settings.auth.as_ref(), scopes).map_err(|e| e.to_string())?;
+        let faults = settings.fault_plan(scopes).map_err(|e| e.to_string())?;
         crate::telemetry::parse_filter(&settings.log_level)?;
         log.set_level(&settings.log_level)?;
         self.auth.replace(auth);
@@ -156,6 +178,7 @@ impl Plumbing {
             u64::try_from(settings.request_timeout.as_millis()).unwrap_or(u64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.faults.set(faults);
         Ok(())
     }
 }

@@ -45,7 +45,23 @@ use crate::call_context::{self, CallFields, InCall, TraceIdHex, WithCallFields};
 
 /// Parses a log filter: a default level and per-target levels, such as `info` or
 /// `info,sqlx=warn` (tracing-subscriber's `Targets` syntax).
+///
+/// Every directive must name a level. `Targets` alone would read a bare word that is not a
+/// level (`debugg`) as a target enabled at TRACE with every other target off, so a typo
+/// would silently turn all logging off, errors included.
 pub fn parse_filter(spec: &str) -> Result<Targets, String> {
+    if spec.trim().is_empty() {
+        return Err("the log level is empty".into());
+    }
+    for directive in spec.split(',').map(str::trim) {
+        let level = directive.split_once('=').map_or(directive, |(_, level)| level);
+        if level.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "`{directive}` in `{spec}` names no log level: use trace, debug, info, warn, error or off, \
+                 optionally per target as target=level"
+            ));
+        }
+    }
     spec.parse::<Targets>().map_err(|e| format!("`{spec}` is not a valid log filter: {e}"))
 }
 

@@ -55,6 +55,18 @@ impl InventoryMetrics {
     }
 }
 
+impl InventoryMetrics {
+    /// Counts a deduction `cmd` that answered `d` (executed or replayed).
+    pub fn deducted(&self, cmd: &DeductStock, d: crate::store::Deducted) {
+        if d.replayed {
+            self.replays.inc();
+        } else {
+            self.deductions.inc();
+            self.deducted_units.inc_by(cmd.quantity.get().unsigned_abs());
+        }
+    }
+}
+
 /// The handlers.
 #[derive(Clone)]
 pub struct InventoryApi {
@@ -78,12 +90,7 @@ impl InventoryService for InventoryApi {
         let cmd = DeductStock::try_from(request.into_inner())?;
         match self.store.deduct(&cmd).await {
             Ok(d) => {
-                if d.replayed {
-                    self.metrics.replays.inc();
-                } else {
-                    self.metrics.deductions.inc();
-                    self.metrics.deducted_units.inc_by(cmd.quantity.get().unsigned_abs());
-                }
+                self.metrics.deducted(&cmd, d);
                 tracing::debug!(sku = %cmd.sku, quantity = cmd.quantity.get(), remaining = d.remaining, replayed = d.replayed, "deducted");
                 Ok(Response::new(DeductStockResponse { remaining: d.remaining, replayed: d.replayed }))
             }

@@ -23,6 +23,8 @@ use inventory_service::{
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    events: ferry_events::args::EventArgs,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -36,6 +38,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file = FileConfig::load_optional(cli.server.config_file.as_deref())?;
     let settings = ServerSettings::resolve(&cli.server, &file, DEFAULTS)?;
+    let events =
+        cli.events.resolve(file.nats_url.clone(), file.events_prefix.clone(), file.event_max_deliveries)?;
     let telemetry = telemetry::init(
         &settings.log_level,
         settings.log_json,
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let log = telemetry.log.clone();
     let scopes = app::scopes();
     let auth = authenticator(settings.auth.as_ref(), &scopes)?;
+    let faults = settings.fault_plan(&scopes)?;
     if auth.is_none() {
         tracing::warn!("authentication is DISABLED by configuration");
     }
@@ -59,17 +64,24 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let shutdown = shutdown::on_signals();
-    let running = app::start(store, settings.serve_options(auth, shutdown.clone())).await?;
+    if let Some(events) = &events {
+        tracing::info!(nats_url = %events.nats_url, prefix = events.names.prefix(), "consuming order events");
+    }
+    let running =
+        app::start_with_events(store, settings.serve_options(auth, shutdown.clone()), events).await?;
     running.plumbing.rate_limit.set(settings.rate_limit_per_client, settings.rate_limit_burst);
+    running.plumbing.faults.set(faults);
 
-    if let Some(path) = cli.server.config_file.clone() {
-        let mut watched = vec![path.clone()];
-        watched.extend(settings.auth.as_ref().map(|a| a.key_file.clone()));
+    // The config file and the key file are re-read when they change, each on its own.
+    let config_file = cli.server.config_file.clone();
+    let watched: Vec<_> =
+        config_file.iter().cloned().chain(settings.auth.as_ref().map(|a| a.key_file.clone())).collect();
+    if !watched.is_empty() {
         let plumbing = running.plumbing.clone();
         let metrics = Arc::clone(&plumbing.metrics);
         let args = cli.server.clone();
         tokio::spawn(watch_files(watched, settings.config_poll, metrics, shutdown.clone(), move || {
-            let file = FileConfig::load(&path).map_err(|e| e.to_string())?;
+            let file = FileConfig::load_optional(config_file.as_deref()).map_err(|e| e.to_string())?;
             let new = ServerSettings::resolve(&args, &file, DEFAULTS).map_err(|e| e.to_string())?;
             plumbing.apply(&new, &log, &scopes)
         }));

@@ -172,6 +172,73 @@ async fn health_becomes_serving_and_reflection_lists_the_service() {
     .expect("test timed out");
 }
 
+/// The services a reflection `ListServices` names, over v1 or v1alpha.
+async fn reflected_services(channel: Channel, v1alpha: bool) -> Vec<String> {
+    if v1alpha {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::once(req))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("unexpected {resp:?}")
+        };
+        return list.service.into_iter().map(|s| s.name).collect();
+    }
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected {resp:?}")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_only_this_servers_services_and_others_are_unimplemented() {
+    tokio::time::timeout(LIMIT, async {
+        let (store, dir) = sqlite_store().await;
+        let auth = Authenticator::from_key_bytes(Algorithm::HS256, SECRET, app::scopes()).unwrap();
+        let f = start_with(store, dir, ServeOptions { auth: Some(auth), ..ServeOptions::local() }).await;
+        for v1alpha in [false, true] {
+            let names = reflected_services(f.channel.clone(), v1alpha).await;
+            assert!(names.contains(&app::SERVICE_NAME.to_string()), "v1alpha={v1alpha}: {names:?}");
+            assert!(names.contains(&"grpc.health.v1.Health".to_string()), "v1alpha={v1alpha}: {names:?}");
+            assert!(!names.iter().any(|n| n.contains("OrderService")), "v1alpha={v1alpha}: {names:?}");
+        }
+        let token = format!("Bearer {}", token("orders:write inventory:read", 60, SECRET));
+        for header in [Some(token), None] {
+            let mut orders =
+                ferry_proto::order::v1::order_service_client::OrderServiceClient::new(f.channel.clone());
+            let req = with_auth(ferry_proto::order::v1::GetOrderRequest { order_id: "o".into() }, header);
+            let err = orders.get_order(req).await.unwrap_err();
+            assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
 /// Sends a call the way order's inventory client does: a transport error (a call that raced
 /// its connection's GOAWAY; it carries a hyper error as its source) is retried, at most three
 /// attempts with backoff from 25 ms. A status the server answered is never retried. Returns
@@ -495,6 +562,182 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// Sends `body` as the raw message of a unary call to `path`, bypassing prost on the client.
+async fn raw_call(channel: Channel, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(Request::new(body), path, raw::Raw).await.map(tonic::Response::into_inner)
+}
+
+/// A codec that sends and receives bytes as they are.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::{
+        Status,
+        codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    };
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Raw;
+
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
+}
+
+/// Bodies no protobuf decoder accepts: a truncated length, wrong wire types, field number 0,
+/// the reserved wire types, and a string field holding invalid UTF-8.
+fn undecodable_bodies() -> Vec<Vec<u8>> {
+    vec![
+        vec![0x0a, 0x05, b'a'],       // field 1, length 5, one byte follows
+        vec![0x0a],                   // field 1, length missing
+        vec![0x08, 0x01],             // field 1 (a string) as a varint
+        vec![0x0d, 0, 0, 0, 0],       // field 1 (a string) as fixed32
+        vec![0x00, 0x01],             // field number 0
+        vec![0x0f],                   // wire type 7
+        vec![0x0b],                   // wire type 3 (start group) without an end
+        vec![0x0a, 0x02, 0xff, 0xfe], // field 1: invalid UTF-8
+        vec![0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], // varint of 11 bytes
+    ]
+}
+
+/// Deterministic pseudo-random bodies (xorshift), kept only if prost refuses them as `M`.
+fn random_undecodable_bodies<M: prost::Message + Default>(seed: u64, count: usize) -> Vec<Vec<u8>> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = Vec::new();
+    while out.len() < count {
+        let len = (next() % 64 + 1) as usize;
+        let body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if M::decode(body.as_slice()).is_err() {
+            out.push(body);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn undecodable_request_bodies_get_invalid_argument_on_every_method() {
+    use ferry_proto::inventory::v1 as pb;
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let methods: [(&'static str, Vec<Vec<u8>>); 6] = [
+            (
+                "/ferry.inventory.v1.InventoryService/DeductStock",
+                random_undecodable_bodies::<pb::DeductStockRequest>(1, 30),
+            ),
+            (
+                "/ferry.inventory.v1.InventoryService/ReleaseStock",
+                random_undecodable_bodies::<pb::ReleaseStockRequest>(2, 30),
+            ),
+            (
+                "/ferry.inventory.v1.InventoryService/GetStock",
+                random_undecodable_bodies::<pb::GetStockRequest>(3, 30),
+            ),
+            (
+                "/ferry.inventory.v1.InventoryService/SetStock",
+                random_undecodable_bodies::<pb::SetStockRequest>(4, 30),
+            ),
+            (
+                "/ferry.inventory.v1.InventoryService/Restock",
+                random_undecodable_bodies::<pb::RestockRequest>(5, 30),
+            ),
+            ("/grpc.health.v1.Health/Check", Vec::new()),
+        ];
+        for (path, random) in methods {
+            for body in undecodable_bodies().into_iter().chain(random) {
+                let err = raw_call(f.channel.clone(), path, body.clone()).await.unwrap_err();
+                assert_eq!(err.code(), Code::InvalidArgument, "{path} with {body:02x?}: {err:?}");
+            }
+        }
+        let page = http_get(f.running.http_addr, "/metrics").await;
+        assert!(
+            page.contains(r#"grpc_method="DeductStock",grpc_code="InvalidArgument"} 39"#),
+            "undecodable bodies are counted as InvalidArgument:\n{page}"
+        );
+        assert!(!page.contains(r#"grpc_code="Internal""#), "{page}");
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn oversized_headers_and_messages_get_resource_exhausted_and_other_calls_on_the_connection_go_on() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        set_stock(&f, "a", 1).await;
+        // One connection carries both the ordinary calls and the oversized ones: four workers
+        // keep ordinary calls in flight the whole time.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (mut c, done) = (client(&f), done.clone());
+                tokio::spawn(async move {
+                    let mut calls = 0u32;
+                    while !done.load(Ordering::SeqCst) || calls < 50 {
+                        let stock = c.get_stock(GetStockRequest { sku: "a".into() }).await;
+                        let stock = stock.expect("an ordinary call on the same connection");
+                        assert_eq!(stock.into_inner().quantity, 1);
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        for kib in [16, 32, 64, 128, 200] {
+            let header = format!("Bearer {}", "x".repeat(kib * 1024));
+            let err = client(&f)
+                .get_stock(with_auth(GetStockRequest { sku: "a".into() }, Some(header)))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::ResourceExhausted, "{kib} KiB of headers: {err:?}");
+        }
+        let err =
+            client(&f).get_stock(GetStockRequest { sku: "a".repeat(5 * 1024 * 1024) }).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "a 5 MiB message: {err:?}");
+        done.store(true, Ordering::SeqCst);
+        for w in workers {
+            assert!(w.await.unwrap() >= 50);
+        }
+        let after = client(&f).get_stock(GetStockRequest { sku: "a".into() }).await;
+        assert!(after.is_ok(), "the connection still works: {after:?}");
+    })
+    .await
+    .expect("test timed out");
 }
 
 mod malformed {

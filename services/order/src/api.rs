@@ -10,10 +10,11 @@ use std::{
 
 use ferry_proto::{
     domain::{CreateOrder, ListOrders, OrderId},
-    inventory::v1::{DeductStockRequest, ReleaseStockRequest},
+    inventory::v1::ReleaseStockRequest,
     order::v1::{
         CancelOrderRequest, CancelOrderResponse, CreateOrderRequest, CreateOrderResponse, GetOrderRequest,
-        GetOrderResponse, ListOrdersRequest, ListOrdersResponse, order_service_server::OrderService,
+        GetOrderResponse, ListOrdersRequest, ListOrdersResponse, WatchOrderRequest, WatchOrderResponse,
+        order_service_server::OrderService,
     },
 };
 use ferry_service_common::{
@@ -22,11 +23,14 @@ use ferry_service_common::{
 };
 use prometheus_client::{metrics::counter::Counter, registry::Registry};
 use tokio::time::Instant;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{
     client::InventoryClient,
-    store::{Cursor, NewOrder, Order, OrderStatus, OrderStore},
+    events::{self, EventLog},
+    saga::Sagas,
+    store::{Cursor, Order, OrderStatus, OrderStore, Saga},
+    watch,
 };
 
 /// Domain metrics.
@@ -49,7 +53,11 @@ impl OrderMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
         registry.register("orders_confirmed", "Orders whose every item was deducted", m.confirmed.clone());
-        registry.register("orders_failed", "Orders that failed and were compensated", m.failed.clone());
+        registry.register(
+            "orders_failed",
+            "Orders that failed for a business reason and gave every line back",
+            m.failed.clone(),
+        );
         registry.register("orders_cancelled", "Orders cancelled and released", m.cancelled.clone());
         registry.register("order_compensations", "Stock releases sent to inventory", m.compensations.clone());
         registry.register(
@@ -65,89 +73,75 @@ impl OrderMetrics {
 #[derive(Clone)]
 pub struct OrderApi {
     store: Arc<dyn OrderStore>,
+    sagas: Sagas,
     inventory: InventoryClient,
     metrics: Arc<OrderMetrics>,
     server_timeout_ms: Arc<AtomicU64>,
     compensation_timeout: Duration,
+    events: EventLog,
 }
 
 impl OrderApi {
-    /// Handlers over `store`, deducting through `inventory`. Calls are bounded by the client's
-    /// deadline or `server_timeout_ms`; compensation gets its own `compensation_timeout`.
+    /// Handlers over `store`: CreateOrder runs `sagas`; CancelOrder releases through
+    /// `inventory` within its own `compensation_timeout`. A caller waits no longer than its
+    /// deadline or `server_timeout_ms`.
     pub fn new(
         store: Arc<dyn OrderStore>,
+        sagas: Sagas,
         inventory: InventoryClient,
         metrics: Arc<OrderMetrics>,
         server_timeout_ms: Arc<AtomicU64>,
         compensation_timeout: Duration,
     ) -> Self {
-        Self { store, inventory, metrics, server_timeout_ms, compensation_timeout }
+        Self {
+            store,
+            sagas,
+            inventory,
+            metrics,
+            server_timeout_ms,
+            compensation_timeout,
+            events: EventLog::default(),
+        }
+    }
+
+    /// Writes events (and wakes WatchOrder streams) through `events`, shared with whatever
+    /// else changes orders in this process.
+    pub fn with_events(mut self, events: EventLog) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Cancels an order of the asynchronous saga: CONFIRMED → CANCELLING with
+    /// StockReleaseRequested in the outbox, in one transaction. Inventory's StockReleased
+    /// makes it CANCELLED. A CANCELLING order is answered as it is (its release is on its way).
+    async fn cancel_through_events(&self, order: Order) -> Result<Order, Status> {
+        if order.status != OrderStatus::Confirmed {
+            return Ok(order);
+        }
+        let event = events::release_requested(&order, ferry_proto::events::v1::ReleaseCause::OrderCancelling);
+        let moved = self
+            .store
+            .advance_async(&order.order_id, OrderStatus::Confirmed, OrderStatus::Cancelling, "", Some(&event))
+            .await?;
+        match moved {
+            Some(cancelling) => {
+                self.events.committed(&order.order_id, true);
+                Ok(cancelling)
+            }
+            // Changed meanwhile (a concurrent cancel): answer what it is now.
+            None => self.store.get(&order.order_id).await?.ok_or_else(|| Status::not_found("order vanished")),
+        }
+    }
+
+    /// The order `id`, or `NOT_FOUND`.
+    async fn order(&self, id: &OrderId) -> Result<Order, Status> {
+        self.store.get(id.as_str()).await?.ok_or_else(|| Status::not_found(format!("order `{id}` not found")))
     }
 
     fn deadline<T>(&self, req: &Request<T>) -> Instant {
         let client = req.metadata().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes()));
         let server = Duration::from_millis(self.server_timeout_ms.load(Ordering::Relaxed));
         Instant::now() + effective_deadline(client, server)
-    }
-
-    /// Deducts every line; on a failure gives back what was taken (and the failed line, which
-    /// may have executed if the failure was a timeout) and marks the order FAILED.
-    async fn reserve(
-        &self,
-        order: Order,
-        deadline: Instant,
-        trace: Option<TraceContext>,
-    ) -> Result<Order, Status> {
-        let mut taken = Vec::with_capacity(order.items.len());
-        for (i, line) in order.items.iter().enumerate() {
-            let req = DeductStockRequest {
-                request_id: order.line_key(i),
-                sku: line.sku.to_string(),
-                quantity: line.quantity.get(),
-            };
-            let status = match self.inventory.deduct(req, deadline, trace).await {
-                Ok(_) => {
-                    taken.push(i);
-                    continue;
-                }
-                Err(status) => status,
-            };
-            let sku = &line.sku;
-            let reason = match status.code() {
-                Code::FailedPrecondition => format!("insufficient stock for sku `{sku}`"),
-                Code::NotFound => format!("sku `{sku}` not found"),
-                code => format!("inventory failed for sku `{sku}`: {code:?}: {}", status.message()),
-            };
-            tracing::info!(order_id = %order.order_id, %reason, "order failed; compensating");
-            taken.push(i);
-            if !self.compensate(&order, &taken, trace).await {
-                return Err(Status::unavailable(format!(
-                    "{reason}; giving stock back did not complete, retry CreateOrder with the same request_id"
-                )));
-            }
-            self.store
-                .transition(&order.order_id, &[OrderStatus::Pending], OrderStatus::Failed, &reason)
-                .await?;
-            self.metrics.failed.inc();
-            return Err(match status.code() {
-                Code::FailedPrecondition | Code::NotFound => Status::failed_precondition(reason),
-                Code::DeadlineExceeded => Status::deadline_exceeded(reason),
-                Code::InvalidArgument | Code::AlreadyExists | Code::Aborted => Status::aborted(reason),
-                _ => Status::unavailable(reason),
-            });
-        }
-        let after = self
-            .store
-            .transition(&order.order_id, &[OrderStatus::Pending], OrderStatus::Confirmed, "")
-            .await?
-            .ok_or_else(|| Status::internal("order vanished"))?;
-        match after.status {
-            OrderStatus::Failed => Err(Status::failed_precondition(after.failure_reason)),
-            _ => {
-                self.metrics.confirmed.inc();
-                Ok(after)
-            }
-        }
     }
 
     /// Releases lines `indices` of `order`; `true` if all went through.
@@ -181,27 +175,7 @@ impl OrderService for OrderApi {
         let deadline = self.deadline(&request);
         let trace = request.extensions().get::<TraceContext>().copied();
         let cmd = CreateOrder::try_from(request.into_inner())?;
-        let (order, created) = self
-            .store
-            .create_or_get(NewOrder {
-                order_id: uuid::Uuid::new_v4().to_string(),
-                request_id: cmd.request_id.to_string(),
-                customer_id: cmd.customer_id,
-                items: cmd.items,
-            })
-            .await?;
-        match order.status {
-            OrderStatus::Pending => {}
-            OrderStatus::Failed => return Err(Status::failed_precondition(order.failure_reason)),
-            _ => return Ok(Response::new(CreateOrderResponse { order: Some(order.to_proto()) })),
-        }
-        tracing::info!(order_id = %order.order_id, created, "reserving stock");
-        // NB: runs in its own task so that a caller hanging up mid-way cannot stop the
-        // compensation half-way; the order's status is always settled.
-        let this = self.clone();
-        let order = tokio::spawn(async move { this.reserve(order, deadline, trace).await })
-            .await
-            .map_err(|e| Status::internal(format!("order task failed: {e}")))??;
+        let order = self.sagas.create(cmd, trace, deadline).await?;
         Ok(Response::new(CreateOrderResponse { order: Some(order.to_proto()) }))
     }
 
@@ -210,11 +184,7 @@ impl OrderService for OrderApi {
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
         let id = OrderId::try_from(request.into_inner())?;
-        let order = self
-            .store
-            .get(id.as_str())
-            .await?
-            .ok_or_else(|| Status::not_found(format!("order `{id}` not found")))?;
+        let order = self.order(&id).await?;
         Ok(Response::new(GetOrderResponse { order: Some(order.to_proto()) }))
     }
 
@@ -247,22 +217,30 @@ impl OrderService for OrderApi {
         }))
     }
 
+    type WatchOrderStream = tokio_stream::wrappers::ReceiverStream<Result<WatchOrderResponse, Status>>;
+
+    async fn watch_order(
+        &self,
+        request: Request<WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let deadline = self.deadline(&request);
+        let id = OrderId::try_from(request.into_inner())?;
+        let order = self.order(&id).await?;
+        Ok(Response::new(watch::watch(self.store.clone(), self.events.changes(), order, deadline)))
+    }
+
     async fn cancel_order(
         &self,
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<CancelOrderResponse>, Status> {
         let trace = request.extensions().get::<TraceContext>().copied();
         let id = OrderId::try_from(request.into_inner())?;
-        let order = self
-            .store
-            .get(id.as_str())
-            .await?
-            .ok_or_else(|| Status::not_found(format!("order `{id}` not found")))?;
+        let order = self.order(&id).await?;
         match order.status {
             OrderStatus::Cancelled => {
                 return Ok(Response::new(CancelOrderResponse { order: Some(order.to_proto()) }));
             }
-            OrderStatus::Pending | OrderStatus::Failed => {
+            OrderStatus::Pending | OrderStatus::Compensating | OrderStatus::Failed => {
                 return Err(Status::failed_precondition(format!(
                     "order `{id}` is {} and cannot be cancelled",
                     order.status.as_str()
@@ -270,13 +248,18 @@ impl OrderService for OrderApi {
             }
             OrderStatus::Confirmed | OrderStatus::Cancelling => {}
         }
+        if order.saga == Saga::Async {
+            let order = self.cancel_through_events(order).await?;
+            return Ok(Response::new(CancelOrderResponse { order: Some(order.to_proto()) }));
+        }
         let this = self.clone();
         let order = tokio::spawn(async move {
             let order = this
                 .store
-                .transition(&order.order_id, &[OrderStatus::Confirmed], OrderStatus::Cancelling, "")
+                .transition(&order.order_id, &[OrderStatus::Confirmed], OrderStatus::Cancelling, "", None)
                 .await?
                 .ok_or_else(|| Status::not_found("order vanished"))?;
+            this.events.committed(&order.order_id, false);
             if order.status == OrderStatus::Cancelled {
                 return Ok(order);
             }
@@ -284,12 +267,20 @@ impl OrderService for OrderApi {
             if !this.compensate(&order, &all, trace).await {
                 return Err(Status::unavailable("giving stock back did not complete; retry CancelOrder"));
             }
+            let event = this.events.event(|| events::cancelled(&order.order_id));
             let done = this
                 .store
-                .transition(&order.order_id, &[OrderStatus::Cancelling], OrderStatus::Cancelled, "")
+                .transition(
+                    &order.order_id,
+                    &[OrderStatus::Cancelling],
+                    OrderStatus::Cancelled,
+                    "",
+                    event.as_ref(),
+                )
                 .await?
                 .ok_or_else(|| Status::not_found("order vanished"))?;
             this.metrics.cancelled.inc();
+            this.events.committed(&order.order_id, event.is_some());
             Ok::<_, Status>(done)
         })
         .await

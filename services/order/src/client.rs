@@ -132,6 +132,11 @@ impl InventoryClient {
         self.settings.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The longest one call may take with the current retry policy.
+    pub fn call_budget(&self) -> Duration {
+        self.settings.read().unwrap_or_else(|p| p.into_inner()).retry.call_budget()
+    }
+
     /// Deducts with retries, within `deadline`.
     pub async fn deduct(
         &self,
@@ -248,6 +253,30 @@ fn is_connection_closed(status: &Status) -> bool {
     status.code() == Code::Unavailable && status.message().starts_with(CONNECTION_CLOSED)
 }
 
+/// Whether a transport error under `status` says no connection could be made: hyper-util's
+/// connector reports "tcp connect error" (refused, unreachable, its connect timeout) or
+/// "dns error", over the `io::Error` it failed with.
+fn failed_to_connect(status: &Status) -> bool {
+    use std::io::ErrorKind::{
+        AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable, TimedOut,
+    };
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        let text = err.to_string();
+        let connect_io = err.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable | TimedOut
+            )
+        });
+        if connect_io || text.starts_with("tcp connect error") || text.starts_with("dns error") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// tonic reports its own client-side timeout as CANCELLED "Timeout expired"; treat it as the
 /// deadline it is. Any other CANCELLED is the transport's: this client never cancels a call
 /// except by that timeout, so it means the connection closed under the call (hyper's
@@ -266,6 +295,12 @@ fn normalize(status: Status) -> Status {
         // stream the server refused with a NO_ERROR GOAWAY); a server never sends this.
         Code::Internal if status.message().starts_with("h2 protocol error") => {
             Status::unavailable(format!("{CONNECTION_CLOSED}: {}", status.message()))
+        }
+        // No connection could be made (refused, unreachable, connect timeout, DNS): the call
+        // never reached inventory, so it is retried, and it counts against the breaker like
+        // any other sign that inventory is down.
+        _ if failed_to_connect(&status) => {
+            Status::unavailable(format!("could not connect to inventory: {}", status.message()))
         }
         // A status tonic built from a local transport error carries that error as its source
         // ("transport error", a reset stream, a closed connection); one decoded from the
@@ -311,6 +346,15 @@ mod normalize_tests {
         let status = normalize(transport);
         assert_eq!(status.code(), Code::Unavailable);
         assert!(is_connection_closed(&status));
+    }
+
+    #[test]
+    fn a_refused_connection_becomes_unavailable_that_counts_against_the_breaker() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let status = normalize(Status::from_error(Box::new(refused)));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!is_connection_closed(&status), "{status:?}");
+        assert!(is_breaker_failure(status.code()));
     }
 
     #[test]

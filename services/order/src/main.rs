@@ -13,7 +13,8 @@ use order_service::{
     breaker::BreakerConfig,
     client::{ClientSettings, lazy_channel},
     retry::RetryPolicy,
-    store::{self, StoreOptions},
+    saga::SagaSettings,
+    store::{self, Saga, StoreOptions},
 };
 
 /// Ferry order service: creates orders by deducting stock from the inventory service over
@@ -28,6 +29,8 @@ struct Cli {
     server: ServerArgs,
     #[command(flatten)]
     inventory: InventoryArgs,
+    #[command(flatten)]
+    events: ferry_events::args::EventArgs,
 }
 
 /// Flags for the inventory dependency (also settable in the config file, snake_case).
@@ -54,6 +57,22 @@ struct InventoryArgs {
     /// How long the breaker stays open before a probe, ms [default: 5000]. Reloadable.
     #[arg(long, env = "BREAKER_OPEN_MS")]
     breaker_open_ms: Option<u64>,
+    /// How long a saga run's claim (lease) on an order lasts without renewal, ms; a replica
+    /// that dies mid-saga leaves its orders to the recoverers after this [default: 15000].
+    #[arg(long, env = "ORDER_LEASE_MS")]
+    order_lease_ms: Option<u64>,
+    /// How often the recoverer looks for unsettled orders nobody is working on, ms; also the
+    /// first retry delay of an interrupted order [default: 2000].
+    #[arg(long, env = "RECOVERY_INTERVAL_MS")]
+    recovery_interval_ms: Option<u64>,
+    /// Most unsettled orders the recoverer claims and runs per pass [default: 16].
+    #[arg(long, env = "RECOVERY_BATCH")]
+    recovery_batch: Option<u32>,
+    /// The saga new orders run: `sync` (CreateOrder deducts every line over gRPC and answers
+    /// the outcome) or `async` (CreateOrder stores the order PENDING and answers at once;
+    /// events settle it; needs --nats-url) [default: sync].
+    #[arg(long, env = "SAGA_MODE")]
+    saga_mode: Option<String>,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -103,12 +122,47 @@ fn client_settings(args: &InventoryArgs, file: &FileConfig) -> Result<ClientSett
     })
 }
 
+fn saga_settings(args: &InventoryArgs, file: &FileConfig) -> Result<SagaSettings, ConfigError> {
+    let positive = |value: u64, field: &'static str| {
+        if value == 0 {
+            return Err(ConfigError::Invalid { field, reason: "must be > 0".into() });
+        }
+        Ok(value)
+    };
+    let lease_ms = positive(pick(args.order_lease_ms, file.order_lease_ms, 15_000), "order_lease_ms")?;
+    let interval_ms =
+        positive(pick(args.recovery_interval_ms, file.recovery_interval_ms, 2_000), "recovery_interval_ms")?;
+    let batch = positive(u64::from(pick(args.recovery_batch, file.recovery_batch, 16)), "recovery_batch")?;
+    let mode = match pick(args.saga_mode.clone(), file.saga_mode.clone(), "sync".into()).as_str() {
+        "sync" => Saga::Sync,
+        "async" => Saga::Async,
+        other => {
+            return Err(ConfigError::Invalid {
+                field: "saga_mode",
+                reason: format!("`{other}` is not sync or async"),
+            });
+        }
+    };
+    Ok(SagaSettings {
+        mode,
+        lease: Duration::from_millis(lease_ms),
+        recovery_interval: Duration::from_millis(interval_ms),
+        recovery_batch: u32::try_from(batch).unwrap_or(u32::MAX),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file = FileConfig::load_optional(cli.server.config_file.as_deref())?;
     let settings = ServerSettings::resolve(&cli.server, &file, DEFAULTS)?;
     let client = client_settings(&cli.inventory, &file)?;
+    let sagas = saga_settings(&cli.inventory, &file)?;
+    let events =
+        cli.events.resolve(file.nats_url.clone(), file.events_prefix.clone(), file.event_max_deliveries)?;
+    if sagas.mode == Saga::Async && events.is_none() {
+        anyhow::bail!("invalid setting `saga_mode`: async needs a message broker (--nats-url)");
+    }
     let telemetry = telemetry::init(
         &settings.log_level,
         settings.log_json,
@@ -121,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
     let log = telemetry.log.clone();
     let scopes = app::scopes();
     let auth = authenticator(settings.auth.as_ref(), &scopes)?;
+    let faults = settings.fault_plan(&scopes)?;
     if auth.is_none() {
         tracing::warn!("authentication is DISABLED by configuration");
     }
@@ -142,23 +197,31 @@ async fn main() -> anyhow::Result<()> {
             inventory: channel,
             client,
             compensation_timeout: Duration::from_secs(5),
+            sagas,
+            events: events.clone(),
         },
     )
     .await?;
     running.plumbing.rate_limit.set(settings.rate_limit_per_client, settings.rate_limit_burst);
-    tracing::info!(%inventory_addr, "inventory client configured");
+    running.plumbing.faults.set(faults);
+    tracing::info!(%inventory_addr, saga = sagas.mode.as_str(), events = events.is_some(), "inventory client configured");
 
-    if let Some(path) = cli.server.config_file.clone() {
-        let mut watched = vec![path.clone()];
-        watched.extend(settings.auth.as_ref().map(|a| a.key_file.clone()));
-        watched
-            .extend(cli.inventory.inventory_token_file.clone().or_else(|| file.inventory_token_file.clone()));
+    // The config file, the key file and the token file are re-read when they change, each on
+    // its own.
+    let config_file = cli.server.config_file.clone();
+    let watched: Vec<_> = config_file
+        .iter()
+        .cloned()
+        .chain(settings.auth.as_ref().map(|a| a.key_file.clone()))
+        .chain(cli.inventory.inventory_token_file.clone().or_else(|| file.inventory_token_file.clone()))
+        .collect();
+    if !watched.is_empty() {
         let plumbing = running.plumbing.clone();
         let inventory_client = running.client.clone();
         let metrics = Arc::clone(&plumbing.metrics);
         let (server_args, inv_args) = (cli.server.clone(), cli.inventory.clone());
         tokio::spawn(watch_files(watched, settings.config_poll, metrics, shutdown.clone(), move || {
-            let file = FileConfig::load(&path).map_err(|e| e.to_string())?;
+            let file = FileConfig::load_optional(config_file.as_deref()).map_err(|e| e.to_string())?;
             let new = ServerSettings::resolve(&server_args, &file, DEFAULTS).map_err(|e| e.to_string())?;
             let client = client_settings(&inv_args, &file).map_err(|e| e.to_string())?;
             plumbing.apply(&new, &log, &scopes)?;

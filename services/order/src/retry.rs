@@ -54,6 +54,15 @@ impl RetryPolicy {
         exp.min(self.max_backoff).mul_f64(jitter.clamp(0.0, 1.0))
     }
 
+    /// The longest one call can take with every attempt and backoff: the budget a caller with
+    /// no deadline of its own gives a call.
+    pub fn call_budget(&self) -> Duration {
+        let attempts = self.max_attempts.max(1);
+        self.attempt_timeout
+            .saturating_mul(attempts)
+            .saturating_add(self.max_backoff.saturating_mul(attempts - 1))
+    }
+
     /// Whether attempt `attempt` (1-based) that failed with `code` should be retried, given the
     /// time left in the call's budget and the backoff it would wait.
     pub fn should_retry(&self, attempt: u32, code: Code, remaining: Duration, backoff: Duration) -> bool {
@@ -95,6 +104,14 @@ mod tests {
         assert!(!p.should_retry(3, Code::Unavailable, Duration::from_secs(1), b));
         assert!(!p.should_retry(1, Code::Unavailable, Duration::from_millis(5), b));
         assert!(!p.should_retry(1, Code::FailedPrecondition, Duration::from_secs(1), b));
+    }
+
+    #[test]
+    fn a_call_budget_covers_every_attempt_and_backoff() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.call_budget(), Duration::from_millis(3 * 2000 + 2 * 500));
+        let one = RetryPolicy { max_attempts: 1, attempt_timeout: Duration::from_millis(300), ..p };
+        assert_eq!(one.call_budget(), Duration::from_millis(300));
     }
 
     #[test]

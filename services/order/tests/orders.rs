@@ -160,6 +160,8 @@ async fn shop() -> Shop {
             inventory: inventory_channel.clone(),
             client: client_settings(),
             compensation_timeout: Duration::from_secs(5),
+            sagas: order_service::saga::SagaSettings::default(),
+            events: None,
         },
     )
     .await
@@ -517,9 +519,36 @@ async fn breaker_opens_after_consecutive_failures_fails_fast_and_recovers_after_
     assert_eq!(metrics.breaker_opened.get(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_when_inventory_refuses_connections() {
+    tokio::time::timeout(LIMIT, async {
+        // A port nobody listens on: every connection attempt is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let settings = ClientSettings {
+            retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+            breaker: BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(60) },
+            token: None,
+        };
+        let metrics = Arc::new(ClientMetrics::default());
+        let channel = order_service::client::lazy_channel(&closed.to_string()).unwrap();
+        let client = InventoryClient::new(channel, settings, metrics.clone());
+        let deadline = || tokio::time::Instant::now() + Duration::from_secs(5);
+        for i in 0..3 {
+            let err = client.deduct(deduct(&format!("refused-{i}")), deadline(), None).await.unwrap_err();
+            assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        }
+        assert_eq!(metrics.breaker_opened.get(), 1, "three refused connections open the breaker");
+        assert_eq!(metrics.breaker_state.get(), 2, "open");
+        let err = client.deduct(deduct("fast-fail"), deadline(), None).await.unwrap_err();
+        assert!(err.message().contains("circuit breaker is open"), "{err:?}");
+    })
+    .await
+    .expect("test timed out");
+}
+
 mod order_store_contract {
     use ferry_proto::domain::{CustomerId, OrderLine, Quantity};
-    use order_service::store::{Cursor, NewOrder, OrderStatus, OrderStore};
+    use order_service::store::{Cursor, Lease, NewOrder, OrderStatus, OrderStore};
 
     use super::*;
 
@@ -532,27 +561,40 @@ mod order_store_contract {
                 sku: Sku::parse("s", "a").unwrap(),
                 quantity: Quantity::parse("q", q).unwrap(),
             }],
+            saga: Default::default(),
         }
     }
 
     async fn contract(store: Arc<dyn OrderStore>) {
-        let (o, created) = store.create_or_get(new_order("o1", "r1", "c", 1)).await.unwrap();
+        let lease = Lease::new_run(Duration::from_secs(60));
+        let (o, created) =
+            store.create_or_get(new_order("o1", "r1", "c", 1), Some(&lease), None).await.unwrap();
         assert!(created && o.status == OrderStatus::Pending);
-        let (again, created) = store.create_or_get(new_order("o2", "r1", "c", 1)).await.unwrap();
+        let (again, created) =
+            store.create_or_get(new_order("o2", "r1", "c", 1), Some(&lease), None).await.unwrap();
         assert!(!created);
         assert_eq!(again.order_id, "o1");
-        assert!(store.create_or_get(new_order("o3", "r1", "c", 2)).await.is_err(), "payload mismatch");
+        assert!(
+            store.create_or_get(new_order("o3", "r1", "c", 2), Some(&lease), None).await.is_err(),
+            "payload mismatch"
+        );
         let moved = store
-            .transition("o1", &[OrderStatus::Pending], OrderStatus::Confirmed, "")
+            .transition("o1", &[OrderStatus::Pending], OrderStatus::Confirmed, "", None)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(moved.status, OrderStatus::Confirmed);
-        let guarded =
-            store.transition("o1", &[OrderStatus::Pending], OrderStatus::Failed, "x").await.unwrap().unwrap();
+        let guarded = store
+            .transition("o1", &[OrderStatus::Pending], OrderStatus::Failed, "x", None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(guarded.status, OrderStatus::Confirmed, "guard holds");
         for i in 0..3 {
-            store.create_or_get(new_order(&format!("p{i}"), &format!("rp{i}"), "pager", 1)).await.unwrap();
+            store
+                .create_or_get(new_order(&format!("p{i}"), &format!("rp{i}"), "pager", 1), Some(&lease), None)
+                .await
+                .unwrap();
         }
         let first = store.list("pager", 2, None).await.unwrap();
         assert_eq!(first.len(), 2);
@@ -561,6 +603,57 @@ mod order_store_contract {
         let rest = store.list("pager", 2, Some(&cursor)).await.unwrap();
         assert_eq!(rest.len(), 1);
         assert!(store.get("missing").await.unwrap().is_none());
+        leases(&*store).await;
+        let unsettled = store.unsettled().await.unwrap();
+        assert_eq!(unsettled.count, 4, "p0..p2 and l2 are PENDING");
+        assert!(unsettled.oldest_created_at_ms.is_some());
+    }
+
+    /// One run per order at a time: the creator holds it, others are fenced off, an
+    /// interrupted run hands it on, and a lease that runs out frees it for the recoverer.
+    async fn leases(store: &dyn OrderStore) {
+        use order_service::store::Claim;
+        let creator = Lease::new_run(Duration::from_secs(60));
+        let other = Lease::new_run(Duration::from_secs(60));
+        store.create_or_get(new_order("l1", "rl1", "c", 1), Some(&creator), None).await.unwrap();
+        assert!(matches!(store.claim("l1", &other).await.unwrap(), Claim::Busy(_)), "held by its creator");
+        assert!(store.claim_due(&other, 100).await.unwrap().is_empty(), "nothing is due");
+        assert!(store.renew("l1", &creator).await.unwrap());
+        assert!(!store.renew("l1", &other).await.unwrap());
+        let fenced =
+            store.advance("l1", &other.owner, OrderStatus::Pending, OrderStatus::Confirmed, "", None);
+        assert!(fenced.await.unwrap().is_none(), "only the holder decides");
+        store.unlease("l1", &creator.owner, Duration::from_secs(3600)).await.unwrap();
+        assert!(store.claim_due(&other, 100).await.unwrap().is_empty(), "its retry time has not come");
+        let Claim::Claimed(leased) = store.claim("l1", &other).await.unwrap() else {
+            panic!("a caller claims an order nobody holds")
+        };
+        assert_eq!(leased.attempts, 1);
+        let owner = &other.owner;
+        let decided =
+            store.advance("l1", owner, OrderStatus::Pending, OrderStatus::Compensating, "no stock", None);
+        assert_eq!(decided.await.unwrap().unwrap().status, OrderStatus::Compensating);
+        let failed =
+            store.advance("l1", owner, OrderStatus::Compensating, OrderStatus::Failed, "no stock", None);
+        let failed = failed.await.unwrap().unwrap();
+        assert_eq!((failed.status, failed.failure_reason.as_str()), (OrderStatus::Failed, "no stock"));
+        assert!(matches!(store.claim("l1", &creator).await.unwrap(), Claim::Settled(_)));
+
+        let short = Lease::new_run(Duration::from_millis(50));
+        store.create_or_get(new_order("l2", "rl2", "c", 1), Some(&short), None).await.unwrap();
+        let recoverer = Lease::new_run(Duration::from_secs(60));
+        let mut claimed = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while claimed.is_empty() {
+                claimed = store.claim_due(&recoverer, 100).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the recoverer claims an order whose lease ran out");
+        let ids: Vec<_> = claimed.iter().map(|l| l.order.order_id.as_str()).collect();
+        assert_eq!(ids, ["l2"], "the pager orders are still held by their creator");
+        assert!(!store.renew("l2", &short).await.unwrap(), "the old holder lost it");
     }
 
     #[tokio::test]

@@ -258,6 +258,43 @@ impl From<&OrderLine> for ord::OrderItem {
     }
 }
 
+impl From<&OrderLine> for crate::events::v1::OrderLine {
+    fn from(line: &OrderLine) -> Self {
+        crate::events::v1::OrderLine { sku: line.sku.to_string(), quantity: line.quantity.get() }
+    }
+}
+
+/// Validates an order's lines given as `(sku, quantity)`: `1..=MAX_ITEMS` of them, each a
+/// valid sku and quantity; errors name `field[i].sku` or `field[i].quantity`.
+pub fn parse_lines(
+    field: &str,
+    lines: impl ExactSizeIterator<Item = (String, i64)>,
+) -> Result<Vec<OrderLine>, ValidationError> {
+    if lines.len() == 0 {
+        return Err(ValidationError::new(field, "must hold at least one item"));
+    }
+    if lines.len() > MAX_ITEMS {
+        return Err(ValidationError::new(
+            field,
+            format!("must hold at most {MAX_ITEMS} items, got {}", lines.len()),
+        ));
+    }
+    lines
+        .enumerate()
+        .map(|(i, (sku, quantity))| {
+            Ok(OrderLine {
+                sku: Sku::parse(&format!("{field}[{i}].sku"), sku)?,
+                quantity: Quantity::parse(&format!("{field}[{i}].quantity"), quantity)?,
+            })
+        })
+        .collect()
+}
+
+/// The lines of an event (`OrderPlaced`, `StockReleaseRequested`), validated like an order's.
+pub fn event_lines(lines: Vec<crate::events::v1::OrderLine>) -> Result<Vec<OrderLine>, ValidationError> {
+    parse_lines("lines", lines.into_iter().map(|l| (l.sku, l.quantity)))
+}
+
 /// Create an order, once per `request_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateOrder {
@@ -274,26 +311,7 @@ impl TryFrom<ord::CreateOrderRequest> for CreateOrder {
     fn try_from(r: ord::CreateOrderRequest) -> Result<Self, Self::Error> {
         let request_id = RequestId::parse("request_id", r.request_id)?;
         let customer_id = CustomerId::parse("customer_id", r.customer_id)?;
-        if r.items.is_empty() {
-            return Err(ValidationError::new("items", "must hold at least one item"));
-        }
-        if r.items.len() > MAX_ITEMS {
-            return Err(ValidationError::new(
-                "items",
-                format!("must hold at most {MAX_ITEMS} items, got {}", r.items.len()),
-            ));
-        }
-        let items = r
-            .items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| {
-                Ok(OrderLine {
-                    sku: Sku::parse(&format!("items[{i}].sku"), item.sku)?,
-                    quantity: Quantity::parse(&format!("items[{i}].quantity"), item.quantity)?,
-                })
-            })
-            .collect::<Result<Vec<_>, ValidationError>>()?;
+        let items = parse_lines("items", r.items.into_iter().map(|i| (i.sku, i.quantity)))?;
         Ok(Self { request_id, customer_id, items })
     }
 }
@@ -308,6 +326,13 @@ impl TryFrom<ord::GetOrderRequest> for OrderId {
 impl TryFrom<ord::CancelOrderRequest> for OrderId {
     type Error = ValidationError;
     fn try_from(r: ord::CancelOrderRequest) -> Result<Self, Self::Error> {
+        OrderId::parse("order_id", r.order_id)
+    }
+}
+
+impl TryFrom<ord::WatchOrderRequest> for OrderId {
+    type Error = ValidationError;
+    fn try_from(r: ord::WatchOrderRequest) -> Result<Self, Self::Error> {
         OrderId::parse("order_id", r.order_id)
     }
 }
