@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_operator::{crd::MicroService, rollout::REVISION_LABEL};
+use ferry_operator::{crd::MicroService, keys::REVISION_LABEL};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -56,30 +56,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rollouts: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(30);
+    let rollouts: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(30);
     let replicas = 2;
     let bin = std::env::var("FERRY_OPERATOR_BIN")
         .map_err(|_| anyhow::anyhow!("set FERRY_OPERATOR_BIN to the operator binary"))?;
     let client = Client::try_default().await?;
     let ns = format!(
         "bench-rollout-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs()
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(
             &PostParams::default(),
             &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata: ObjectMeta { name: Some(ns.clone()), ..ObjectMeta::default() },
                 ..Namespace::default()
             },
         )
@@ -117,11 +108,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "each overhead, ms: {}",
-        overheads
-            .iter()
-            .map(|o| format!("{o:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        overheads.iter().map(|o| format!("{o:.0}")).collect::<Vec<_>>().join(" ")
     );
     Ok(())
 }
@@ -138,12 +125,9 @@ async fn run(
     let d_stream = watcher(deployments, watcher::Config::default())
         .applied_objects()
         .map(|r| r.map(|d| Seen::Deployment(Box::new(d))));
-    let s_stream = watcher(
-        services,
-        watcher::Config::default().fields("metadata.name=bench"),
-    )
-    .applied_objects()
-    .map(|r| r.map(|s| Seen::Service(Box::new(s))));
+    let s_stream = watcher(services, watcher::Config::default().fields("metadata.name=bench"))
+        .applied_objects()
+        .map(|r| r.map(|s| Seen::Service(Box::new(s))));
     let mut events = stream::select(d_stream.boxed(), s_stream.boxed());
 
     let spec = |version: usize| {
@@ -162,10 +146,7 @@ async fn run(
     microservices.create(&PostParams::default(), &ms).await?;
 
     let selected = |s: &Service| {
-        s.spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .and_then(|s| s.get(REVISION_LABEL).cloned())
+        s.spec.as_ref().and_then(|s| s.selector.as_ref()).and_then(|s| s.get(REVISION_LABEL).cloned())
     };
     // Wait for the first revision to be active and available.
     let mut active: Option<String> = None;
@@ -193,11 +174,7 @@ async fn run(
         let old = active.clone();
         let patched = Instant::now();
         microservices
-            .patch(
-                "bench",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": spec(i)})),
-            )
+            .patch("bench", &PatchParams::default(), &Patch::Merge(json!({"spec": spec(i)})))
             .await?;
         let mut available_at: Option<(String, Instant)> = None;
         let switched_at = loop {

@@ -1,23 +1,20 @@
 //! The Ferry operator: reconciles `MicroService` objects (`ferry.dev/v1alpha1`) into a Deployment,
 //! a Service and, as asked, a HorizontalPodAutoscaler, a PodDisruptionBudget and a ServiceMonitor.
 //!
-//! Layout (data flows top to bottom):
-//! - [`crd`]: the API types; the CRD is generated from them.
-//! - [`validation`]: checks the CRD schema cannot express.
-//! - [`desired`]: pure builders, `MicroService` → desired child objects.
-//! - [`status`]: pure derivation of conditions, phase and events from observed state.
-//! - [`reconciler`]: the kube-runtime controller that applies the above (all I/O lives here).
+//! The decisions live in [`ferry_operator_core`] (re-exported as [`core`]), which cannot do I/O.
+//! This crate is the I/O around them:
+//! - [`reconciler`]: the kube-runtime controller: observes the caches, plans, executes the writes.
+//! - [`checks`]: promotion-check measurements (webhooks, Prometheus, gRPC health).
 //! - [`runtime`], [`metrics`], [`telemetry`]: leader election, HTTP endpoints, logging.
 
-pub mod crd;
-pub mod desired;
+pub use ferry_operator_core as core;
+pub use ferry_operator_core::{crd, keys};
+
+pub mod checks;
 pub mod metrics;
 pub mod reconciler;
-pub mod rollout;
 pub mod runtime;
-pub mod status;
 pub mod telemetry;
-pub mod validation;
 
-/// The field manager every server-side apply from the operator uses.
-pub const FIELD_MANAGER: &str = "ferry-operator";
+/// The field manager every server-side apply of children from the operator uses.
+pub const FIELD_MANAGER: &str = ferry_operator_core::keys::FIELD_MANAGER;

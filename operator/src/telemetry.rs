@@ -50,19 +50,14 @@ pub fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name("ferry-operator");
     }
-    Ok(SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_resource(resource.build())
-        .build())
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build())
 }
 
 /// Builds the exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set and a tokio runtime is running.
 fn exporter_from_env() -> Option<SdkTracerProvider> {
     let endpoint = otlp_endpoint(std::env::var(OTLP_ENDPOINT_ENV).ok())?;
     if tokio::runtime::Handle::try_current().is_err() {
-        eprintln!(
-            "{OTLP_ENDPOINT_ENV} is set but no tokio runtime is running: spans are not exported"
-        );
+        eprintln!("{OTLP_ENDPOINT_ENV} is set but no tokio runtime is running: spans are not exported");
         return None;
     }
     match tracer_provider(&endpoint) {
@@ -79,19 +74,13 @@ fn exporter_from_env() -> Option<SdkTracerProvider> {
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = exporter_from_env();
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ferry-operator")));
+    let otel =
+        provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ferry-operator")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
-            .try_init(),
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().flatten_event(true).with_current_span(false)).try_init()
+        }
         LogFormat::Text => registry.with(fmt::layer()).try_init(),
     };
     match (result, provider) {
@@ -115,9 +104,7 @@ pub fn init(format: LogFormat) {
 async fn flush_on_signal() {
     #[cfg(unix)]
     {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
             return;
         };
         tokio::select! {
@@ -129,16 +116,14 @@ async fn flush_on_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    let _ =
-        tokio::task::spawn_blocking(|| PROVIDER.get().map(SdkTracerProvider::force_flush)).await;
+    let _ = tokio::task::spawn_blocking(|| PROVIDER.get().map(SdkTracerProvider::force_flush)).await;
 }
 
 /// Flushes pending spans and stops the exporter; a no-op when nothing is exported. Call it
 /// from async code before the runtime stops (the flush runs on a blocking thread).
 pub async fn shutdown() {
     if PROVIDER.get().is_some() {
-        let _ =
-            tokio::task::spawn_blocking(|| PROVIDER.get().map(SdkTracerProvider::shutdown)).await;
+        let _ = tokio::task::spawn_blocking(|| PROVIDER.get().map(SdkTracerProvider::shutdown)).await;
     }
 }
 
@@ -150,9 +135,6 @@ mod tests {
     fn otlp_export_is_off_when_the_endpoint_is_unset_or_blank() {
         assert_eq!(otlp_endpoint(None), None);
         assert_eq!(otlp_endpoint(Some("  ".into())), None);
-        assert_eq!(
-            otlp_endpoint(Some(" http://c:4317 ".into())).as_deref(),
-            Some("http://c:4317")
-        );
+        assert_eq!(otlp_endpoint(Some(" http://c:4317 ".into())).as_deref(), Some("http://c:4317"));
     }
 }

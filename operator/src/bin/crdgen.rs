@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let yaml = match ferry_operator::crd::crd_yaml() {
+    let yaml = match ferry_operator_core::crd::crd_yaml() {
         Ok(yaml) => yaml,
         Err(err) => {
             eprintln!("crdgen: cannot serialise the CRD: {err}");

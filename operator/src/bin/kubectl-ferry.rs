@@ -16,8 +16,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ferry_operator::{
     crd::MicroService,
-    desired::labels::SELECTOR_LABEL,
-    rollout::{REVISION_LABEL, SPEC_ANNOTATION, control},
+    keys::{
+        ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION, REVISION_LABEL, SELECTOR_LABEL,
+        SPEC_ANNOTATION,
+    },
 };
 use futures::StreamExt;
 use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
@@ -87,13 +89,7 @@ enum PluginError {
 }
 
 fn preview(ms: &MicroService) -> Option<String> {
-    ms.status
-        .as_ref()?
-        .blue_green
-        .as_ref()?
-        .preview_revision
-        .as_ref()
-        .map(|r| r.hash.clone())
+    ms.status.as_ref()?.blue_green.as_ref()?.preview_revision.as_ref().map(|r| r.hash.clone())
 }
 
 async fn annotate(
@@ -119,12 +115,8 @@ async fn previous_spec(
 ) -> Result<serde_json::Value, PluginError> {
     let name = ms.name_any();
     let bg = ms.status.as_ref().and_then(|s| s.blue_green.as_ref());
-    let active = bg
-        .and_then(|b| b.active_revision.as_ref())
-        .map(|r| r.hash.clone());
-    let recorded = bg
-        .and_then(|b| b.previous_revision.as_ref())
-        .map(|r| r.hash.clone());
+    let active = bg.and_then(|b| b.active_revision.as_ref()).map(|r| r.hash.clone());
+    let recorded = bg.and_then(|b| b.previous_revision.as_ref()).map(|r| r.hash.clone());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let mut revisions = deployments
         .list(&ListParams::default().labels(&format!("{SELECTOR_LABEL}={name},{REVISION_LABEL}")))
@@ -132,10 +124,8 @@ async fn previous_spec(
         .items;
     let chosen = choose_previous(&mut revisions, active.as_deref(), recorded.as_deref())
         .ok_or_else(|| PluginError::NoPrevious(name.clone()))?;
-    let raw = chosen
-        .annotations()
-        .get(SPEC_ANNOTATION)
-        .ok_or_else(|| PluginError::NoPrevious(name.clone()))?;
+    let raw =
+        chosen.annotations().get(SPEC_ANNOTATION).ok_or_else(|| PluginError::NoPrevious(name.clone()))?;
     Ok(serde_json::from_str(raw)?)
 }
 
@@ -151,22 +141,13 @@ fn choose_previous<'a>(
     let position = revisions
         .iter()
         .position(|d| recorded.is_some() && hash_of(d).as_deref() == recorded)
-        .or_else(|| {
-            revisions
-                .iter()
-                .position(|d| hash_of(d).as_deref() != active)
-        })?;
+        .or_else(|| revisions.iter().position(|d| hash_of(d).as_deref() != active))?;
     revisions.get(position)
 }
 
 fn print_status(ms: &MicroService) {
     let status = ms.status.clone().unwrap_or_default();
-    println!(
-        "{}  phase={}  {}",
-        ms.name_any(),
-        status.phase.as_str(),
-        status.message.unwrap_or_default()
-    );
+    println!("{}  phase={}  {}", ms.name_any(), status.phase.as_str(), status.message.unwrap_or_default());
     for c in &status.conditions {
         if ["Available", "Progressing", "Promoted", "Degraded"].contains(&c.type_.as_str()) {
             println!("  condition {}={} ({})", c.type_, c.status, c.reason);
@@ -204,33 +185,26 @@ fn print_status(ms: &MicroService) {
 
 async fn run(cli: Cli) -> Result<(), PluginError> {
     let client = Client::try_default().await?;
-    let ns = cli
-        .namespace
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let ns = cli.namespace.unwrap_or_else(|| client.default_namespace().to_string());
     let api: Api<MicroService> = Api::namespaced(client.clone(), &ns);
     match cli.command {
         Command::Promote { name } => {
             let ms = api.get(&name).await?;
             let hash = preview(&ms).ok_or_else(|| PluginError::NoPreview(name.clone()))?;
-            annotate(&api, &name, json!({control::PROMOTE: hash})).await?;
+            annotate(&api, &name, json!({PROMOTE_ANNOTATION: hash})).await?;
             println!("msvc/{name}: promotion of revision {hash} requested");
         }
         Command::Abort { name } => {
             let ms = api.get(&name).await?;
             let hash = preview(&ms).ok_or_else(|| PluginError::NoPreview(name.clone()))?;
-            annotate(&api, &name, json!({control::ABORT: hash})).await?;
+            annotate(&api, &name, json!({ABORT_ANNOTATION: hash})).await?;
             println!("msvc/{name}: rollout of revision {hash} aborted");
         }
         Command::Retry { name } => {
             let now = Timestamp::from_second(Timestamp::now().as_second())
                 .unwrap_or(Timestamp::UNIX_EPOCH)
                 .to_string();
-            annotate(
-                &api,
-                &name,
-                json!({control::ABORT: null, control::RETRY: now}),
-            )
-            .await?;
+            annotate(&api, &name, json!({ABORT_ANNOTATION: null, RETRY_ANNOTATION: now})).await?;
             println!("msvc/{name}: retry requested");
         }
         Command::Undo { name } => {
@@ -289,9 +263,8 @@ mod tests {
     fn revision(hash: &str, created: i64) -> Deployment {
         let mut d = Deployment::default();
         d.metadata.labels = Some([(REVISION_LABEL.to_string(), hash.to_string())].into());
-        d.metadata.creation_timestamp = Some(Time(
-            Timestamp::from_second(created).unwrap_or(Timestamp::UNIX_EPOCH),
-        ));
+        d.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(created).unwrap_or(Timestamp::UNIX_EPOCH)));
         d
     }
 
@@ -302,18 +275,9 @@ mod tests {
     #[test]
     fn undo_goes_to_the_recorded_previous_revision_else_the_newest_inactive_one() {
         let mut revs = vec![revision("a", 1), revision("c", 3), revision("b", 2)];
-        assert_eq!(
-            hash(choose_previous(&mut revs, Some("c"), Some("a"))).as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            hash(choose_previous(&mut revs, Some("c"), None)).as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            hash(choose_previous(&mut revs, Some("c"), Some("gone"))).as_deref(),
-            Some("b")
-        );
+        assert_eq!(hash(choose_previous(&mut revs, Some("c"), Some("a"))).as_deref(), Some("a"));
+        assert_eq!(hash(choose_previous(&mut revs, Some("c"), None)).as_deref(), Some("b"));
+        assert_eq!(hash(choose_previous(&mut revs, Some("c"), Some("gone"))).as_deref(), Some("b"));
         let mut only = vec![revision("c", 3)];
         assert!(choose_previous(&mut only, Some("c"), None).is_none());
     }

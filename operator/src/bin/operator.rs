@@ -48,6 +48,10 @@ struct Args {
     /// Watch ConfigMaps (metadata only) so that `config.rollOnChange` reacts at once.
     #[arg(long, env = "FERRY_WATCH_CONFIGMAPS", default_value_t = true, action = clap::ArgAction::Set)]
     watch_config_maps: bool,
+    /// A PEM bundle of extra roots that https webhook and Prometheus checks trust (besides the
+    /// system's trust store).
+    #[arg(long, env = "FERRY_CHECK_CA_FILE")]
+    check_ca_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -81,6 +85,7 @@ async fn main() -> ExitCode {
         debounce: std::time::Duration::from_millis(args.debounce_ms),
         namespace: args.namespace,
         watch_config_maps: args.watch_config_maps,
+        check_ca_file: args.check_ca_file,
     };
     let code = match runtime::run(options).await {
         Ok(()) => ExitCode::SUCCESS,
