@@ -22,12 +22,26 @@ export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 # go.mod, so it stays right across releases.
 build_kubernetes() {
   local dir="$FERRY_BIN/kubernetes-$K8S_VERSION"
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   if [[ -x "$dir/kubectl" && -x "$dir/kube-proxy" ]]; then return; fi
   log "building kubernetes $K8S_VERSION (cold: 15-25 min on 2 cores)"
+  k8s_build "$dir" kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy
+}
+
+# kubeadm runs inside the kind node (tests/e2e/kind/node-image.sh); built the
+# same way, it shares the Go build cache with the other components.
+build_kubeadm() {
+  local dir="$FERRY_BIN/kubeadm-$K8S_VERSION"
+  if [[ -x "$dir/kubeadm" ]]; then return; fi
+  log "building kubeadm $K8S_VERSION (2-4 min once the other components are built)"
+  k8s_build "$dir" kubeadm
+}
+
+k8s_build() { # out-dir cmd...
+  local dir=$1; shift
+  local cmds=("$@")
   local staging="v0.${K8S_VERSION#v1.}" minor work mod
   minor="$(cut -d. -f2 <<<"$K8S_VERSION")"
-  work="$FERRY_CACHE/build/kubernetes-$K8S_VERSION"
+  work="$FERRY_CACHE/build/$(basename "$dir")"
   rm -rf "$work" && mkdir -p "$work"
   (cd /tmp && go mod download "k8s.io/kubernetes@$K8S_VERSION")
   mod="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
@@ -99,7 +113,10 @@ build_helm() {
     helm.sh/helm/v3/cmd/helm
 }
 
-# The real node's cluster DNS (NODE=real only; the kwok cluster needs none).
+# kind, from the Go module proxy (tests/e2e/kind/kind.sh).
+build_kind() { go_install kind "$KIND_VERSION" "" sigs.k8s.io/kind; }
+
+# The kind node's cluster DNS (tests/e2e/kind/node-image.sh; the kwok cluster needs none).
 build_coredns() { go_install coredns "$COREDNS_VERSION" "" github.com/coredns/coredns; }
 
 components=("$@")

@@ -7,14 +7,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 # shellcheck source=SCRIPTDIR/lib.sh
 source "$HERE/lib.sh"
-NODE="${NODE:-kwok}"
-if [[ $NODE == real ]]; then
-  CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/target/cluster-real}"
-  # shellcheck source=SCRIPTDIR/real-node.sh
-  source "$HERE/real-node.sh"
-else
-  CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/target/cluster}"
-fi
+CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/target/cluster}"
 PIDS="$CLUSTER_DIR/pids"
 KEEP_LOGS=0
 [[ "${1:-}" == --keep-logs ]] && KEEP_LOGS=1
@@ -23,7 +16,7 @@ KEEP_LOGS=0
 # etcd shutdown do not matter), wait up to 3 s, then KILL what is left.
 pids=()
 shopt -s nullglob
-for name in coredns kube-proxy kubelet containerd kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
   f="$PIDS/$name"
   [[ -f "$f" ]] || continue
   pid="$(cat "$f")"
@@ -42,7 +35,6 @@ for _ in $(seq 1 30); do
   sleep 0.1 # waiting for processes to exit, bounded to 3 s
 done
 for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-if [[ $NODE == real ]]; then real_node_down; fi
 
 if [[ $KEEP_LOGS == 1 ]]; then
   find "$CLUSTER_DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +

@@ -17,7 +17,8 @@ link_bins() {
   mkdir -p "$d"
   for f in "$FERRY_BIN/kubernetes-$K8S_VERSION"/* "$FERRY_BIN/etcd-$ETCD_VERSION/etcd" \
     "$FERRY_BIN/kwok-$KWOK_VERSION/kwok" "$FERRY_BIN/helm-$HELM_VERSION/helm" \
-    "$FERRY_BIN/coredns-${COREDNS_VERSION:-none}/coredns"; do
+    "$FERRY_BIN/coredns-${COREDNS_VERSION:-none}/coredns" "$FERRY_BIN/kubeadm-$K8S_VERSION/kubeadm" \
+    "$FERRY_BIN/kind-${KIND_VERSION:-none}/kind"; do
     [[ -x "$f" ]] && ln -sf "$f" "$d/$(basename "$f")"
   done
   return 0

@@ -2,16 +2,13 @@
 # Starts a real Kubernetes control plane on 127.0.0.1 from locally built
 # binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
 # kwok with fake Ready nodes. Idempotent: a healthy running cluster is reused.
+# Pods do not run here; the real-pod tier is kind (tests/e2e/kind/).
 #
 # Environment:
 #   CLUSTER_DIR      state directory (default: <repo>/target/cluster)
 #   NODES            number of fake nodes (default 2)
 #   MONITORING_CRDS  1 (default) installs the Prometheus Operator ServiceMonitor
 #                    and PrometheusRule CRDs from the Go module cache; 0 skips them
-#   NODE             kwok (default): fake nodes, no container runs. real: one
-#                    real node (containerd, kubelet, kube-proxy, CoreDNS) and the
-#                    whole cluster inside a network namespace; see real-node.sh.
-#                    Its state lives in target/cluster-real, so both can run.
 #   APISERVER_PROFILING  true serves kube-apiserver's /debug/pprof (default
 #                    false), to see where its CPU goes under a benchmark; read
 #                    when the apiserver starts, so stop a running cluster first
@@ -26,12 +23,7 @@ source "$HERE/lib.sh"
 # shellcheck source=SCRIPTDIR/ports.env
 source "$HERE/ports.env"
 
-NODE="${NODE:-kwok}"
-case "$NODE" in
-kwok) CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/target/cluster}" ;;
-real) CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/target/cluster-real}" ;;
-*) die "NODE must be kwok or real, not '$NODE'" ;;
-esac
+CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/target/cluster}"
 NODES="${NODES:-2}"
 MONITORING_CRDS="${MONITORING_CRDS:-1}"
 PKI="$CLUSTER_DIR/pki"
@@ -41,21 +33,10 @@ KUBECONFIG_OUT="$CLUSTER_DIR/kubeconfig"
 BIN="$(bin_dir)"
 START=$(date +%s)
 
-NSX=()
-if [[ $NODE == real ]]; then
-  # shellcheck source=SCRIPTDIR/real-node.sh
-  source "$HERE/real-node.sh"
-  lacking="$(real_node_packages_missing)"
-  [[ -z $lacking ]] || die "NODE=real needs these Debian packages: $(echo "$lacking" | tr '\n' ' ')(.ci/run installs them)"
-  "$HERE/build.sh" etcd kwok helm kubernetes coredns
-else
-  "$HERE/build.sh"
-fi
+"$HERE/build.sh"
 export PATH="$BIN:$PATH"
 
-kc() { "${NSX[@]}" kubectl --kubeconfig "$KUBECONFIG_OUT" "$@"; }
-# Runs a command in the cluster's network namespace (the host's for kwok).
-nsx() { "${NSX[@]}" "$@"; }
+kc() { kubectl --kubeconfig "$KUBECONFIG_OUT" "$@"; }
 
 print_export() {
   log "cluster ready in $(($(date +%s) - START))s ($(kc version -o json | sed -n 's/.*"gitVersion": "\(v1[^"]*\)".*/\1/p' | tail -1))"
@@ -67,11 +48,9 @@ running() { # name
 }
 
 # Reuse a cluster whose every process is alive and whose API server answers.
-node_processes=(kwok)
-[[ $NODE == real ]] && node_processes=(containerd kubelet kube-proxy coredns)
 all_running() {
   local n
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler "${node_processes[@]}"; do running "$n" || return 1; done
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do running "$n" || return 1; done
 }
 if [[ -f "$KUBECONFIG_OUT" ]] && all_running && kc get --raw /readyz >/dev/null 2>&1; then
   log "reusing the running cluster in $CLUSTER_DIR"
@@ -80,7 +59,7 @@ if [[ -f "$KUBECONFIG_OUT" ]] && all_running && kc get --raw /readyz >/dev/null 
 fi
 if [[ -d "$PIDS" ]]; then
   log "a partial cluster was found; stopping it first"
-  NODE="$NODE" CLUSTER_DIR="$CLUSTER_DIR" "$HERE/down.sh"
+  CLUSTER_DIR="$CLUSTER_DIR" "$HERE/down.sh"
 fi
 
 mkdir -p "$PKI" "$LOGS" "$PIDS"
@@ -124,7 +103,7 @@ kubeconfig_for() { # name -> writes $CLUSTER_DIR/<name>.kubeconfig
 log "generating certificates"
 gen_ca
 gen_cert apiserver "/CN=kube-apiserver" \
-  "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_IP${NODE_IP:+,IP:$NODE_IP}"
+  "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$SERVICE_IP"
 gen_cert admin "/O=system:masters/CN=ferry-admin"
 gen_cert controller-manager "/CN=system:kube-controller-manager"
 gen_cert scheduler "/CN=system:kube-scheduler"
@@ -132,20 +111,19 @@ gen_cert kwok "/O=system:masters/CN=kwok-controller"
 openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
 openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 for n in admin controller-manager scheduler kwok; do kubeconfig_for "$n"; done
-[[ $NODE == real ]] && real_node_certs
 cp "$CLUSTER_DIR/admin.kubeconfig" "$KUBECONFIG_OUT"
 
 # --- processes ----------------------------------------------------------------
 start() { # name binary args...
   local name=$1; shift
-  setsid "${NSX[@]}" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$PIDS/$name"
 }
 fail() { # name message
   log "$2"
   log "last lines of $LOGS/$1.log:"
   tail -n 30 "$LOGS/$1.log" >&2 || true
-  NODE="$NODE" CLUSTER_DIR="$CLUSTER_DIR" "$HERE/down.sh" --keep-logs || true
+  CLUSTER_DIR="$CLUSTER_DIR" "$HERE/down.sh" --keep-logs || true
   exit 1
 }
 wait_for() { # name timeout-seconds command...
@@ -158,18 +136,7 @@ wait_for() { # name timeout-seconds command...
   done
 }
 
-if [[ $NODE == real ]]; then
-  real_node_netns_up
-  NSX=("${NSX_REAL[@]}")
-  # Inside the namespace: listen on every address (lo and $NODE_IP, both only
-  # in the namespace) and advertise the one pods can reach.
-  apiserver_net=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP" --authorization-mode "Node,RBAC"
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
-    # Reach the kubelet (logs, exec) by the node's IP: its hostname resolves nowhere here.
-    --kubelet-preferred-address-types InternalIP)
-else
-  apiserver_net=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --authorization-mode RBAC)
-fi
+apiserver_net=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --authorization-mode RBAC)
 
 log "starting etcd"
 start etcd etcd --name local --data-dir "$CLUSTER_DIR/etcd" \
@@ -178,7 +145,7 @@ start etcd etcd --name local --data-dir "$CLUSTER_DIR/etcd" \
   --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" \
   --listen-metrics-urls "http://127.0.0.1:$ETCD_METRICS_PORT" \
   --unsafe-no-fsync=true --quota-backend-bytes=4294967296 --log-level=warn
-wait_for etcd 30 nsx curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
 
 log "starting kube-apiserver"
 start kube-apiserver kube-apiserver \
@@ -205,7 +172,7 @@ start kube-controller-manager kube-controller-manager \
   --service-cluster-ip-range "$SERVICE_CIDR" \
   --controllers '*' --horizontal-pod-autoscaler-sync-period 5s \
   --node-monitor-grace-period 60s
-wait_for kube-controller-manager 60 nsx curl -skf "https://127.0.0.1:$CONTROLLER_MANAGER_PORT/healthz"
+wait_for kube-controller-manager 60 curl -skf "https://127.0.0.1:$CONTROLLER_MANAGER_PORT/healthz"
 
 log "starting kube-scheduler"
 cat >"$CLUSTER_DIR/scheduler.yaml" <<YAML
@@ -220,7 +187,7 @@ start kube-scheduler kube-scheduler --config "$CLUSTER_DIR/scheduler.yaml" \
   --authentication-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
   --authorization-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --cert-dir "$PKI/scheduler"
-wait_for kube-scheduler 60 nsx curl -skf "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+wait_for kube-scheduler 60 curl -skf "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
 start_kwok() {
   # Standalone kwok needs its stages (kwokctl would inject them); they ship in the
@@ -247,7 +214,7 @@ PY
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --node-lease-duration-seconds=40 --cidr=10.244.0.0/16 --node-ip=10.240.0.1 \
     --server-address "127.0.0.1:$KWOK_PORT"
-  wait_for kwok 30 nsx curl -sf "http://127.0.0.1:$KWOK_PORT/healthz"
+  wait_for kwok 30 curl -sf "http://127.0.0.1:$KWOK_PORT/healthz"
 
   for i in $(seq 1 "$NODES"); do
     cat <<YAML
@@ -273,16 +240,7 @@ YAML
   wait_for kwok 60 kc wait --for=condition=Ready node --all --timeout=1s
 }
 
-if [[ $NODE == real ]]; then
-  real_node_start_containerd
-  real_node_start_kubelet
-  real_node_start_kube_proxy
-  real_node_start_coredns
-  real_node_start_postgres
-  log "real node $NODE_NAME ready; run commands inside its network namespace: nsenter --net=$NETNS_PATH <cmd>"
-else
-  start_kwok
-fi
+start_kwok
 # Pods need the namespace's default ServiceAccount (ServiceAccount admission).
 wait_for kube-controller-manager 60 kc get serviceaccount default -n default
 

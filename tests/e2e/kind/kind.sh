@@ -1,50 +1,421 @@
 #!/usr/bin/env bash
-# kind for machines with Docker: `kind.sh up` creates the cluster described by
-# kind-config.yaml and writes its kubeconfig where the e2e suite reads it
-# (target/cluster/kubeconfig); `kind.sh down` deletes it. Then run the suite
-# with `E2E_EXTERNAL=1 KUBECONFIG=target/cluster/kubeconfig make test-e2e`.
-# Cannot run on machines without a Docker engine (kind needs to pull its node
-# image), which is why the default e2e cluster is tests/e2e/cluster/up.sh.
+# kind, the real-pod tier: one Kubernetes v1.36.3 node in a Docker container.
+#
+#   kind.sh up          create the cluster (reused when running), a PostgreSQL
+#                       on the kind network, load the images of `make
+#                       images-oci` when built; prints `export KUBECONFIG=...`
+#   kind.sh down        delete everything `up` made and check nothing is left
+#   kind.sh load        load target/images/{operator,order-service,inventory-service}.tar
+#   kind.sh load-archive FILE...  load other OCI image archives (e.g. the monitoring stack's)
+#   kind.sh netns CMD   run CMD in the node's network namespace (ClusterIPs,
+#                       pod IPs and the PostgreSQL are reachable there)
+#   kind.sh blocker     print why kind cannot run here, or nothing
+#   kind.sh node-image  print the node image, building it when needed
+#
+# The node image is kindest/node:$K8S_VERSION where it can be pulled, else one
+# assembled locally (node-image.sh); KIND_NODE_IMAGE overrides both. The Docker
+# engine is the caller's when it works and runs privileged containers, else a
+# private one (docker.sh). State, logs and kubeconfigs live in target/kind/:
+#   kubeconfig          for the host (API server on 127.0.0.1:<random port>)
+#   kubeconfig.node     for commands run through `kind.sh netns`
+#   env                 KIND_* and FERRY_POSTGRES_* for the tests
+# Timeouts (seconds): KIND_CREATE_TIMEOUT (600), KIND_READY_TIMEOUT (240).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
-KIND_VERSION="${KIND_VERSION:-v0.33.0}"
-NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:v1.36.3}"
+CLUSTER="$ROOT/tests/e2e/cluster"
+# shellcheck source=SCRIPTDIR/../cluster/versions.env
+source "$CLUSTER/versions.env"
+# shellcheck source=SCRIPTDIR/../cluster/lib.sh
+source "$CLUSTER/lib.sh"
+
+log() { printf '[kind] %s\n' "$*" >&2; }
+die() { printf '[kind] error: %s\n' "$*" >&2; exit 1; }
+
 NAME=ferry
-KUBECONFIG_OUT="$ROOT/target/cluster/kubeconfig"
+NODE="$NAME-control-plane"
+# A network of our own, so `down` can remove it without touching a user's kind clusters.
+export KIND_EXPERIMENTAL_DOCKER_NETWORK=ferry-kind
+NETWORK="$KIND_EXPERIMENTAL_DOCKER_NETWORK"
+KIND_DIR="${KIND_DIR:-$ROOT/target/kind}"
+KUBECONFIG_HOST="$KIND_DIR/kubeconfig"
+KUBECONFIG_NODE="$KIND_DIR/kubeconfig.node"
+ENV_FILE="$KIND_DIR/env"
+SYSCTLS_FILE="$KIND_DIR/host-sysctls"
+PG_DIR="$KIND_DIR/postgres"
+PG_PORT="${KIND_POSTGRES_PORT:-25432}"
+UPSTREAM_IMAGE="kindest/node:$K8S_VERSION"
+CREATE_TIMEOUT="${KIND_CREATE_TIMEOUT:-600}"
+READY_TIMEOUT="${KIND_READY_TIMEOUT:-240}"
+IMAGES_DIR="$ROOT/target/images"
+# The kubelet writes these host-wide sysctls from inside its privileged
+# container; `up` records them and `down` puts them back.
+HOST_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+
+# shellcheck source=SCRIPTDIR/docker.sh
+source "$HERE/docker.sh"
 
 kind_bin() {
-  if command -v kind >/dev/null; then
-    command -v kind
-  else
-    GOBIN="$ROOT/target/kind-bin" go install "sigs.k8s.io/kind@$KIND_VERSION" >&2
-    echo "$ROOT/target/kind-bin/kind"
+  "$CLUSTER/build.sh" kind kubernetes helm >&2
+  KIND="$FERRY_BIN/kind-$KIND_VERSION/kind"
+  PATH="$(bin_dir):$PATH"
+  export PATH
+}
+
+kc() { kubectl --kubeconfig "$KUBECONFIG_HOST" "$@"; }
+
+cluster_exists() { "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; }
+
+# Picks the engine for a command that needs the cluster's: ours when it runs,
+# else the caller's. Returns 1 when neither answers.
+attach_engine() {
+  case "$(docker_engine_state)" in
+  private) use_private_docker ;;
+  host) ;;
+  none) return 1 ;;
+  esac
+}
+
+# Why kind cannot run here, in one line, or nothing.
+blocker() {
+  case "$(docker_engine_state)" in
+  private | host) return 0 ;;
+  none) private_docker_blocker ;;
+  esac
+}
+
+# The node image: KIND_NODE_IMAGE, else kindest/node (present or pulled), else
+# the locally assembled one.
+node_image() {
+  if [[ -n ${KIND_NODE_IMAGE:-} ]]; then
+    docker image inspect "$KIND_NODE_IMAGE" >/dev/null 2>&1 || timeout 300 docker pull "$KIND_NODE_IMAGE" >&2 ||
+      die "KIND_NODE_IMAGE=$KIND_NODE_IMAGE is neither present nor pullable"
+    echo "$KIND_NODE_IMAGE"
+    return
   fi
+  if docker image inspect "$UPSTREAM_IMAGE" >/dev/null 2>&1; then
+    echo "$UPSTREAM_IMAGE"
+    return
+  fi
+  local err
+  if err="$(timeout 120 docker pull "$UPSTREAM_IMAGE" 2>&1 >/dev/null)"; then
+    echo "$UPSTREAM_IMAGE"
+    return
+  fi
+  log "cannot pull $UPSTREAM_IMAGE ($(tail -n1 <<<"$err" | cut -c1-120)); using a locally assembled node image"
+  "$HERE/node-image.sh"
+}
+
+# The locally assembled image ships a static pod network and other image tags.
+is_local_image() { [[ $1 == ferry.local/kind-node:* ]]; }
+
+# Whether the engine starts a privileged container of the node image; prints the error if not.
+privileged_error() { # image
+  local out
+  out="$(timeout 120 docker run --rm --privileged --entrypoint /bin/true "$1" 2>&1)" && return 0
+  grep -m1 -i 'error' <<<"$out" || tail -n1 <<<"$out"
+  return 1
+}
+
+write_config() { # image
+  {
+    cat <<YAML
+# Generated by tests/e2e/kind/kind.sh for image $1.
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+name: $NAME
+# One node: two cores run the control plane, the workloads and the tests.
+nodes:
+  - role: control-plane
+networking:
+  apiServerAddress: 127.0.0.1
+  kubeProxyMode: iptables
+YAML
+    if is_local_image "$1"; then
+      cat <<YAML
+  # No kindnetd (not buildable offline): the image's static ptp CNI config
+  # covers the one node's pod range.
+  disableDefaultCNI: true
+YAML
+    fi
+    echo "kubeadmConfigPatches:"
+    if is_local_image "$1"; then
+      cat <<YAML
+  # The etcd and CoreDNS images of the local node image carry the versions built.
+  - |
+    kind: ClusterConfiguration
+    dns:
+      imageTag: "$COREDNS_VERSION"
+    etcd:
+      local:
+        imageTag: "${ETCD_VERSION#v}"
+YAML
+    fi
+    if [[ ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
+      cat <<YAML
+  # This host runs cgroup v1, which kubelet 1.36 refuses unless told otherwise.
+  - |
+    kind: KubeletConfiguration
+    failCgroupV1: false
+YAML
+    else
+      echo "  []"
+    fi
+  } >"$KIND_DIR/kind-config.yaml"
+}
+
+record_sysctls() {
+  [[ -f $SYSCTLS_FILE ]] && return
+  local s
+  for s in "${HOST_SYSCTLS[@]}"; do
+    [[ -e /proc/sys/${s//.//} ]] && echo "$s=$(cat "/proc/sys/${s//.//}")"
+  done >"$SYSCTLS_FILE"
+}
+
+restore_sysctls() {
+  [[ -f $SYSCTLS_FILE ]] || return 0
+  local line
+  while IFS= read -r line; do
+    sysctl -qw "$line" 2>/dev/null || log "warning: could not restore $line"
+  done <"$SYSCTLS_FILE"
+  rm -f "$SYSCTLS_FILE"
+}
+
+# Exports the cluster's logs and says which to read; used on every failure after create.
+fail_with_logs() { # reason
+  local dest="$KIND_LOGS/cluster"
+  rm -rf "$dest"
+  timeout 120 "$KIND" export logs --name "$NAME" "$dest" >/dev/null 2>&1 || true
+  die "$1; read $dest/$NODE/kubelet.log (and $dest/$NODE/containers/)"
+}
+
+# Seconds left until deadline $1, at least 1.
+seconds_left() { echo $(($1 - SECONDS > 1 ? $1 - SECONDS : 1)); }
+
+wait_ready() {
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  kc wait --for=condition=Ready "node/$NODE" --timeout="$(seconds_left $deadline)s" >/dev/null 2>&1 ||
+    fail_with_logs "the kind node did not become Ready within ${READY_TIMEOUT}s"
+  kc -n kube-system rollout status deployment/coredns --timeout="$(seconds_left $deadline)s" >/dev/null 2>&1 ||
+    fail_with_logs "CoreDNS did not become ready within ${READY_TIMEOUT}s"
+  kc -n kube-system rollout status daemonset/kube-proxy --timeout="$(seconds_left $deadline)s" >/dev/null 2>&1 ||
+    fail_with_logs "kube-proxy did not become ready within ${READY_TIMEOUT}s"
+  until kc get serviceaccount default -n default >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || fail_with_logs "no default ServiceAccount within ${READY_TIMEOUT}s"
+    sleep 0.5 # polling the API server, bounded by the deadline
+  done
+}
+
+node_ip() { docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IPAddress}}" "$NODE"; }
+gateway_ip() { docker network inspect -f '{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}' "$NETWORK" | tr ' ' '\n' | grep -m1 '\.'; }
+subnet_v4() { docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$NETWORK" | tr ' ' '\n' | grep -m1 '\.'; }
+
+write_kubeconfigs() {
+  # The network's bridge and the node's /var volume, for down's checks that they are gone.
+  echo "br-$(docker network inspect -f '{{.Id}}' "$NETWORK" | cut -c1-12)" >"$KIND_DIR/bridge"
+  docker inspect -f '{{range .Mounts}}{{if eq .Destination "/var"}}{{.Name}}{{end}}{{end}}' "$NODE" >"$KIND_DIR/volume"
+  "$KIND" get kubeconfig --name "$NAME" >"$KUBECONFIG_HOST"
+  "$KIND" get kubeconfig --name "$NAME" --internal | sed "s#https://$NODE:6443#https://$(node_ip):6443#" >"$KUBECONFIG_NODE"
+  chmod 600 "$KUBECONFIG_HOST" "$KUBECONFIG_NODE"
+}
+
+# A PostgreSQL for workloads that share state across pods (the shop's blue
+# and green inventory keep one stock there): a host process listening only on
+# the kind network's gateway address, trusting that network.
+postgres_up() {
+  local gw subnet
+  gw="$(gateway_ip)"
+  subnet="$(subnet_v4)"
+  [[ -n $gw && -n $subnet ]] || die "cannot read the address of network $NETWORK"
+  # synchronous_commit=off: the test cluster's database, like etcd's
+  # --unsafe-no-fsync; fsync per commit on a VM disk caps the shop near 100/s.
+  FERRY_PG_SERVER_OPTIONS="-c synchronous_commit=off" FERRY_PG_DIR="$PG_DIR" FERRY_PG_PORT="$PG_PORT" \
+    FERRY_PG_LISTEN="$gw" FERRY_PG_TRUST_CIDR="$subnet" "$ROOT/services/scripts/postgres.sh" up >/dev/null 2>"$KIND_LOGS/postgres-up.log" ||
+    { cat "$KIND_LOGS/postgres-up.log" >&2; die "PostgreSQL did not start on $gw:$PG_PORT; read $PG_DIR/postgres.log"; }
+  cat >"$ENV_FILE" <<ENV
+KIND_KUBECONFIG=$KUBECONFIG_HOST
+KIND_NODE_KUBECONFIG=$KUBECONFIG_NODE
+FERRY_POSTGRES_HOST=$gw
+FERRY_POSTGRES_PORT=$PG_PORT
+ENV
+}
+
+postgres_down() {
+  [[ -d $PG_DIR/data ]] || return 0
+  FERRY_PG_DIR="$PG_DIR" "$ROOT/services/scripts/postgres.sh" down >/dev/null 2>&1 || true
+}
+
+load_images() {
+  local missing=() image
+  for image in operator order-service inventory-service; do
+    [[ -f "$IMAGES_DIR/$image.tar" ]] || missing+=("$image")
+  done
+  ((${#missing[@]} == 0)) || die "no image archives for ${missing[*]} in target/images: run 'make images-oci' first"
+  for image in operator order-service inventory-service; do
+    timeout 300 "$KIND" load image-archive --name "$NAME" "$IMAGES_DIR/$image.tar" >&2 ||
+      die "kind load image-archive $IMAGES_DIR/$image.tar failed"
+  done
+  log "loaded operator, order-service and inventory-service from target/images"
+}
+
+up() {
+  local started=$SECONDS
+  mkdir -p "$KIND_DIR" "$KIND_LOGS" "$KIND_PIDS"
+  kind_bin
+  case "$(docker_engine_state)" in
+  private) use_private_docker ;;
+  host) log "using the running Docker engine ($(docker info -f '{{.ServerVersion}}' 2>/dev/null))" ;;
+  none)
+    private_docker_up
+    engine_restarted=1
+    ;;
+  esac
+  # A node container the engine restarted on its own start (the private
+  # engine's store is shared by every checkout), or one another checkout made,
+  # never becomes Ready again here: only a cluster this checkout's running
+  # engine made is reused.
+  if cluster_exists && docker inspect -f '{{.State.Running}}' "$NODE" 2>/dev/null | grep -qx true &&
+    [[ -z ${engine_restarted:-} && -f $ENV_FILE ]]; then
+    log "reusing the running cluster $NAME"
+  else
+    cluster_exists && { log "deleting a stale cluster $NAME"; timeout 120 "$KIND" delete cluster --name "$NAME" >/dev/null 2>&1 || true; }
+    local image err
+    image="$(node_image)"
+    if err="$(privileged_error "$image")"; then :; else
+      if private_docker_running; then
+        die "the Docker engine cannot start privileged containers ($err); read $KIND_LOGS/dockerd.log"
+      fi
+      log "the running Docker engine cannot start privileged containers ($err); starting a private one"
+      private_docker_up
+      image="$(node_image)"
+      err="$(privileged_error "$image")" || die "the private Docker engine cannot start privileged containers ($err); read $KIND_LOGS/dockerd.log"
+    fi
+    write_config "$image"
+    record_sysctls
+    log "creating cluster $NAME from $image (log: ${KIND_LOGS#"$ROOT/"}/create.log)"
+    if ! timeout "$CREATE_TIMEOUT" "$KIND" create cluster --name "$NAME" --image "$image" \
+      --config "$KIND_DIR/kind-config.yaml" --kubeconfig "$KUBECONFIG_HOST" --retain --wait 0s \
+      >"$KIND_LOGS/create.log" 2>&1; then
+      tail -n 15 "$KIND_LOGS/create.log" >&2
+      fail_with_logs "kind create cluster failed or took over ${CREATE_TIMEOUT}s (${KIND_LOGS#"$ROOT/"}/create.log)"
+    fi
+  fi
+  write_kubeconfigs
+  wait_ready
+  postgres_up
+  if [[ -f "$IMAGES_DIR/operator.tar" && -f "$IMAGES_DIR/order-service.tar" && -f "$IMAGES_DIR/inventory-service.tar" ]]; then
+    load_images
+  else
+    log "no image archives in target/images yet: 'make images-oci', then 'tests/e2e/kind/kind.sh load'"
+  fi
+  log "cluster $NAME ready in $((SECONDS - started))s: $(kc get node "$NODE" --no-headers | awk '{print $1, $2, $5}')"
+  echo "export KUBECONFIG=$KUBECONFIG_HOST"
+}
+
+# What `down` checks, each on its own line; sets LEFT=1 when anything is left.
+LEFT=0
+check() { # description command-that-succeeds-when-clean...
+  local what=$1
+  shift
+  if "$@"; then echo "[kind] clean: $what" >&2; else echo "[kind] LEFT: $what" >&2; LEFT=1; fi
+}
+no_output() { [[ -z "$("$@" 2>/dev/null)" ]]; }
+
+# Checks that need the engine, before a private one stops.
+engine_leftovers() {
+  check "no container of cluster $NAME" no_output docker ps -aq --filter "label=io.x-k8s.kind.cluster=$NAME"
+  check "no docker network $NETWORK" no_output docker network ls -q --filter "name=^$NETWORK\$"
+  local volume
+  volume="$(cat "$KIND_DIR/volume" 2>/dev/null || true)"
+  check "no volume of the node's /var (${volume:-none recorded})" \
+    test -z "$volume" -o -z "$(docker volume ls -q --filter "name=^$volume\$" 2>/dev/null)"
+}
+
+host_leftovers() {
+  check "no private dockerd or containerd (pid files, sockets)" no_output find "$DOCKER_RUN_DIR" "$KIND_PIDS" -mindepth 1 -maxdepth 1
+  check "no process using the private engine's sockets or data root" no_output pgrep -f "$DOCKER_RUN_DIR/|$DOCKER_DATA"
+  check "no PostgreSQL of the kind tier" no_output pgrep -f "$PG_DIR/data"
+  # shellcheck disable=SC2016 # an awk program
+  check "no mount under target/kind or the engine's data root" no_output \
+    awk -v a="$KIND_DIR" -v b="$DOCKER_DATA" 'index($5, a) == 1 || index($5, b) == 1 {print $5}' /proc/self/mountinfo
+  local bridge
+  bridge="$(cat "$KIND_DIR/bridge" 2>/dev/null || echo none)"
+  check "no bridge of network $NETWORK ($bridge), so none of its veths" no_output ip -o link show dev "$bridge"
+  check "no cgroup of the private engine's containers (/sys/fs/cgroup/*/$CGROUP_PARENT)" \
+    no_output find /sys/fs/cgroup/ -maxdepth 2 -name "$CGROUP_PARENT"
+  check "host sysctls as before the cluster (${HOST_SYSCTLS[*]})" test ! -f "$SYSCTLS_FILE"
+}
+
+down() {
+  mkdir -p "$KIND_DIR" "$KIND_LOGS" "$KIND_PIDS"
+  KIND="$FERRY_BIN/kind-$KIND_VERSION/kind"
+  if attach_engine; then
+    if [[ -x $KIND ]] && cluster_exists; then
+      log "deleting cluster $NAME"
+      timeout 180 "$KIND" delete cluster --name "$NAME" >&2 || log "warning: kind delete cluster failed"
+    fi
+    postgres_down
+    if docker network inspect "$NETWORK" >/dev/null 2>&1; then
+      timeout 60 docker network rm "$NETWORK" >/dev/null || log "warning: could not remove network $NETWORK"
+    fi
+    engine_leftovers
+  else
+    postgres_down
+  fi
+  restore_sysctls
+  if private_docker_running || [[ -d $DOCKER_RUN_DIR ]]; then
+    log "stopping the private Docker engine"
+    private_docker_down
+  fi
+  host_leftovers
+  find "$KIND_DIR" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+  ((LEFT == 0)) || die "something was left behind (LEFT above)"
+  log "nothing left running"
+}
+
+netns() {
+  attach_engine || die "no Docker engine answers: is the kind cluster up? (make kind-up)"
+  local pid
+  pid="$(docker inspect -f '{{.State.Pid}}' "$NODE" 2>/dev/null)" || die "no node container $NODE: make kind-up"
+  [[ $pid =~ ^[1-9][0-9]*$ ]] || die "the node container $NODE is not running"
+  exec nsenter --net="/proc/$pid/ns/net" -- "$@"
 }
 
 case "${1:-}" in
-up)
-  KIND="$(kind_bin)"
-  if ! "$KIND" get clusters | grep -qx "$NAME"; then
-    "$KIND" create cluster --name "$NAME" --image "$NODE_IMAGE" --config "$HERE/kind-config.yaml" --wait 120s
-  fi
-  mkdir -p "$(dirname "$KUBECONFIG_OUT")"
-  "$KIND" get kubeconfig --name "$NAME" >"$KUBECONFIG_OUT"
-  echo "export KUBECONFIG=$KUBECONFIG_OUT"
-  ;;
+up) up ;;
+down) down ;;
 load)
-  # The images `make images` built, so kind runs the artifacts we test.
-  for image in operator order-service inventory-service; do
-    "$(kind_bin)" load docker-image --name "$NAME" "ferry/$image:${IMAGE_TAG:-dev}"
+  mkdir -p "$KIND_DIR"
+  kind_bin
+  attach_engine || die "no Docker engine answers: make kind-up first"
+  cluster_exists || die "no kind cluster $NAME: make kind-up first"
+  load_images
+  ;;
+load-archive)
+  shift
+  (($# > 0)) || die "usage: $0 load-archive FILE..."
+  mkdir -p "$KIND_DIR"
+  kind_bin
+  attach_engine || die "no Docker engine answers: make kind-up first"
+  cluster_exists || die "no kind cluster $NAME: make kind-up first"
+  for archive in "$@"; do
+    [[ -f $archive ]] || die "no image archive $archive"
+    timeout 300 "$KIND" load image-archive --name "$NAME" "$archive" >&2 || die "kind load image-archive $archive failed"
   done
   ;;
-down)
-  "$(kind_bin)" delete cluster --name "$NAME"
-  rm -f "$KUBECONFIG_OUT"
+netns)
+  shift
+  netns "$@"
+  ;;
+blocker) blocker ;;
+node-image)
+  mkdir -p "$KIND_DIR" "$KIND_LOGS" "$KIND_PIDS"
+  attach_engine || private_docker_up
+  node_image
   ;;
 *)
-  echo "usage: $0 up|load|down" >&2
+  echo "usage: $0 up|down|load|load-archive FILE...|netns CMD...|blocker|node-image" >&2
   exit 2
   ;;
 esac

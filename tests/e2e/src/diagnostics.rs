@@ -36,10 +36,7 @@ async fn dump_operator_pod_logs(pods: &Api<Pod>) {
     };
     for pod in list.items {
         let name = pod.metadata.name.unwrap_or_default();
-        let params = LogParams {
-            tail_lines: Some(LOG_TAIL_LINES as i64),
-            ..LogParams::default()
-        };
+        let params = LogParams { tail_lines: Some(LOG_TAIL_LINES as i64), ..LogParams::default() };
         match pods.logs(&name, &params).await {
             Ok(text) => {
                 eprintln!("-- last lines of pod {name}'s log");

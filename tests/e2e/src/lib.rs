@@ -8,6 +8,7 @@
 
 mod diagnostics;
 mod microservice;
+pub mod monitoring;
 pub mod oci;
 mod operator;
 pub mod shop;
@@ -38,9 +39,7 @@ pub async fn client() -> Client {
             "KUBECONFIG is not set: run `make cluster-up` and export the line it prints, or `make test-e2e`"
         );
     }
-    Client::try_default()
-        .await
-        .unwrap_or_else(|e| panic!("cannot build a client from KUBECONFIG: {e}"))
+    Client::try_default().await.unwrap_or_else(|e| panic!("cannot build a client from KUBECONFIG: {e}"))
 }
 
 /// A namespace owned by one test.
@@ -71,19 +70,14 @@ where
 {
     let client = client().await;
     let namespace = create_namespace(&client, test).await;
-    let ctx = TestContext {
-        client: client.clone(),
-        namespace: namespace.clone(),
-    };
+    let ctx = TestContext { client: client.clone(), namespace: namespace.clone() };
     let outcome = AssertUnwindSafe(body(ctx)).catch_unwind().await;
     if outcome.is_err() {
         dump_namespace(&client, &namespace).await;
     }
     let namespaces: Api<Namespace> = Api::all(client);
     // Deletion is asynchronous; the next test never reuses the name.
-    let _ = namespaces
-        .delete(&namespace, &DeleteParams::background())
-        .await;
+    let _ = namespaces.delete(&namespace, &DeleteParams::background()).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -106,30 +100,17 @@ pub fn unique_suffix() -> String {
 async fn create_namespace(client: &Client, test: &str) -> String {
     let prefix: String = test
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
         .take(40)
         .collect();
     let name = format!("e2e-{}-{}", prefix.trim_matches('-'), unique_suffix());
     let labels = BTreeMap::from([
         ("ferry.dev/e2e".to_string(), "true".to_string()),
         // Everything Ferry renders must pass the restricted profile.
-        (
-            "pod-security.kubernetes.io/enforce".to_string(),
-            "restricted".to_string(),
-        ),
+        ("pod-security.kubernetes.io/enforce".to_string(), "restricted".to_string()),
     ]);
     let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.clone()), labels: Some(labels), ..Default::default() },
         ..Default::default()
     };
     Api::<Namespace>::all(client.clone())
@@ -137,13 +118,10 @@ async fn create_namespace(client: &Client, test: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
     // Pods are rejected until the ServiceAccount controller made `default`.
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &name);
-    wait_until(
-        &format!("the default ServiceAccount in {name}"),
-        DEFAULT_TIMEOUT,
-        || async { accounts.get_opt("default").await.ok().flatten() },
-    )
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+    wait_until(&format!("the default ServiceAccount in {name}"), DEFAULT_TIMEOUT, || async {
+        accounts.get_opt("default").await.ok().flatten()
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     name

@@ -20,34 +20,19 @@ pub fn microservice_resource() -> ApiResource {
 impl TestContext {
     /// The MicroServices of the test's namespace.
     pub fn microservices(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            self.client.clone(),
-            &self.namespace,
-            &microservice_resource(),
-        )
+        Api::namespaced_with(self.client.clone(), &self.namespace, &microservice_resource())
     }
 
     /// Creates a MicroService with `spec`.
-    pub async fn create_microservice(
-        &self,
-        name: &str,
-        spec: Value,
-    ) -> Result<DynamicObject, kube::Error> {
-        let object =
-            DynamicObject::new(name, &microservice_resource()).data(json!({ "spec": spec }));
-        self.microservices()
-            .create(&PostParams::default(), &object)
-            .await
+    pub async fn create_microservice(&self, name: &str, spec: Value) -> Result<DynamicObject, kube::Error> {
+        let object = DynamicObject::new(name, &microservice_resource()).data(json!({ "spec": spec }));
+        self.microservices().create(&PostParams::default(), &object).await
     }
 
     /// Merge-patches a MicroService's spec, as `kubectl patch --type merge` would.
     pub async fn patch_microservice(&self, name: &str, spec_patch: Value) -> DynamicObject {
         self.microservices()
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": spec_patch })),
-            )
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec_patch })))
             .await
             .unwrap_or_else(|e| panic!("patch msvc/{name}: {e}"))
     }
@@ -61,8 +46,7 @@ impl TestContext {
             DEFAULT_TIMEOUT,
             || async {
                 let ms = api.get(name).await.ok()?;
-                let current =
-                    ms.metadata.generation? == ms.data["status"]["observedGeneration"].as_i64()?;
+                let current = ms.metadata.generation? == ms.data["status"]["observedGeneration"].as_i64()?;
                 (current && condition_status(&ms, type_).as_deref() == Some(status)).then_some(ms)
             },
         )
@@ -78,8 +62,5 @@ pub fn condition_status(ms: &DynamicObject, type_: &str) -> Option<String> {
 
 /// Condition `type_` as JSON, if present.
 pub fn condition<'a>(ms: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
-    ms.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
+    ms.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)
 }

@@ -34,10 +34,7 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("image name {name:?}: {reason}")]
     Name { name: String, reason: &'static str },
     #[error("--add {0:?}: expected SOURCE:/absolute/destination")]
@@ -53,10 +50,7 @@ pub enum OciError {
 type Result<T, E = OciError> = std::result::Result<T, E>;
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
-    move |source| OciError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| OciError::Io { path: path.to_path_buf(), source }
 }
 
 /// The runtime half of an image: what the Dockerfile's `USER`, `ENV`,
@@ -77,17 +71,11 @@ pub struct ImageConfig {
 /// normalises to `docker.io/ferry/operator:dev`; a short name imported as is
 /// would never match, so it is refused rather than silently unusable.
 pub fn image_tag(name: &str) -> Result<&str> {
-    let refuse = |reason| OciError::Name {
-        name: name.to_string(),
-        reason,
-    };
-    let (first, _) = name
-        .split_once('/')
-        .ok_or_else(|| refuse("needs a registry, e.g. docker.io/ferry/operator:dev"))?;
+    let refuse = |reason| OciError::Name { name: name.to_string(), reason };
+    let (first, _) =
+        name.split_once('/').ok_or_else(|| refuse("needs a registry, e.g. docker.io/ferry/operator:dev"))?;
     if !(first.contains('.') || first.contains(':') || first == "localhost") {
-        return Err(refuse(
-            "the first component is not a registry (write docker.io/...)",
-        ));
+        return Err(refuse("the first component is not a registry (write docker.io/...)"));
     }
     if name.contains('@') {
         return Err(refuse("digest references cannot be imported by name"));
@@ -133,12 +121,8 @@ impl Layer {
     /// A layer holding only `/tmp` (1777, as in distroless): an empty base
     /// has none, and temporary files expect one.
     pub fn new() -> Self {
-        let mut layer = Self {
-            entries: BTreeMap::new(),
-        };
-        layer
-            .entries
-            .insert("tmp".to_string(), Entry::Dir { mode: 0o1777 });
+        let mut layer = Self { entries: BTreeMap::new() };
+        layer.entries.insert("tmp".to_string(), Entry::Dir { mode: 0o1777 });
         layer
     }
 
@@ -149,9 +133,7 @@ impl Layer {
     fn insert(&mut self, image_path: &str, entry: Entry) {
         let key = image_path.trim_start_matches('/').to_string();
         for (slash, _) in key.match_indices('/') {
-            self.entries
-                .entry(key[..slash].to_string())
-                .or_insert(Entry::Dir { mode: 0o755 });
+            self.entries.entry(key[..slash].to_string()).or_insert(Entry::Dir { mode: 0o755 });
         }
         self.entries.insert(key, entry);
     }
@@ -161,12 +143,7 @@ impl Layer {
     }
 
     pub fn add_symlink(&mut self, image_path: &str, target: &str) {
-        self.insert(
-            image_path,
-            Entry::Symlink {
-                target: target.to_string(),
-            },
-        );
+        self.insert(image_path, Entry::Symlink { target: target.to_string() });
     }
 
     /// Copies a host file, following symlinks: the image gets the content,
@@ -191,19 +168,10 @@ impl Layer {
         if &magic != b"\x7fELF" {
             return Ok(());
         }
-        let output = Command::new("ldd")
-            .arg(binary)
-            .output()
-            .map_err(io_error(Path::new("ldd")))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let ldd_error = |message: String| OciError::Ldd {
-            binary: binary.to_path_buf(),
-            message,
-        };
+        let output = Command::new("ldd").arg(binary).output().map_err(io_error(Path::new("ldd")))?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        let ldd_error = |message: String| OciError::Ldd { binary: binary.to_path_buf(), message };
         let libraries = parse_ldd(&text).map_err(ldd_error)?;
         // ldd exits 1 for a static binary, which parse_ldd already accepted.
         if !output.status.success() && !libraries.is_empty() {
@@ -283,10 +251,7 @@ pub fn parse_ldd(output: &str) -> Result<Vec<PathBuf>, String> {
         let path = resolved.split(" (").next().unwrap_or_default().trim();
         if path.starts_with('/') {
             libraries.push(PathBuf::from(path));
-        } else if !path.is_empty()
-            && !path.starts_with("linux-vdso")
-            && !path.starts_with("linux-gate")
-        {
+        } else if !path.is_empty() && !path.starts_with("linux-vdso") && !path.starts_with("linux-gate") {
             return Err(format!("unexpected line {line:?}"));
         }
     }
@@ -313,11 +278,7 @@ pub fn config_json(config: &ImageConfig, layer_tar: &[u8]) -> Value {
         .exposed_ports
         .iter()
         .map(|p| {
-            let port = if p.contains('/') {
-                p.clone()
-            } else {
-                format!("{p}/tcp")
-            };
+            let port = if p.contains('/') { p.clone() } else { format!("{p}/tcp") };
             (port, json!({}))
         })
         .collect();
@@ -503,16 +464,9 @@ pub fn read_tar(bytes: &[u8]) -> Result<Vec<TarEntry>> {
         let size = field_octal(&h[124..136]).ok_or_else(|| bad("size field"))? as usize;
         let name = field_str(&h[..100]);
         let prefix = field_str(&h[345..500]);
-        let path = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         let start = at + 512;
-        let data = bytes
-            .get(start..start + size)
-            .ok_or_else(|| bad("truncated entry"))?
-            .to_vec();
+        let data = bytes.get(start..start + size).ok_or_else(|| bad("truncated entry"))?.to_vec();
         entries.push(TarEntry {
             path,
             mode: field_octal(&h[100..108]).unwrap_or_default() as u32,
@@ -553,15 +507,10 @@ pub struct Inspection {
 /// layer, the way an importer walks it.
 pub fn inspect_archive(archive: &[u8]) -> Result<Inspection> {
     let bad = |what: String| OciError::Invalid(what);
-    let files: BTreeMap<String, Vec<u8>> = read_tar(archive)?
-        .into_iter()
-        .filter(|e| e.kind == b'0')
-        .map(|e| (e.path, e.data))
-        .collect();
+    let files: BTreeMap<String, Vec<u8>> =
+        read_tar(archive)?.into_iter().filter(|e| e.kind == b'0').map(|e| (e.path, e.data)).collect();
     let json_file = |path: &str| -> Result<Value> {
-        let data = files
-            .get(path)
-            .ok_or_else(|| bad(format!("{path} missing")))?;
+        let data = files.get(path).ok_or_else(|| bad(format!("{path} missing")))?;
         serde_json::from_slice(data).map_err(|e| bad(format!("{path}: {e}")))
     };
     let blob = |desc: &Value, media_type: &str| -> Result<&Vec<u8>> {
@@ -569,12 +518,9 @@ pub fn inspect_archive(archive: &[u8]) -> Result<Inspection> {
         if desc["mediaType"] != media_type {
             return Err(bad(format!("{digest}: media type is not {media_type}")));
         }
-        let hex = digest
-            .strip_prefix("sha256:")
-            .ok_or_else(|| bad(format!("digest {digest:?}")))?;
-        let data = files
-            .get(&format!("blobs/sha256/{hex}"))
-            .ok_or_else(|| bad(format!("blob {digest} missing")))?;
+        let hex = digest.strip_prefix("sha256:").ok_or_else(|| bad(format!("digest {digest:?}")))?;
+        let data =
+            files.get(&format!("blobs/sha256/{hex}")).ok_or_else(|| bad(format!("blob {digest} missing")))?;
         if sha256(data) != digest {
             return Err(bad(format!("blob {digest} has another digest")));
         }
@@ -621,10 +567,7 @@ pub fn inspect_archive(archive: &[u8]) -> Result<Inspection> {
     }
     Ok(Inspection {
         names,
-        manifest_digest: entries[0]["digest"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        manifest_digest: entries[0]["digest"].as_str().unwrap_or_default().to_string(),
         config,
         layer: read_tar(layer_tar)?,
     })
@@ -647,11 +590,7 @@ mod tests {
         };
         let mut layer = Layer::new();
         layer.add_file("/usr/local/bin/operator", 0o755, b"\x7fELF fake".to_vec());
-        layer.add_file(
-            "/etc/passwd",
-            0o644,
-            b"root:x:0:0::/root:/sbin/nologin\n".to_vec(),
-        );
+        layer.add_file("/etc/passwd", 0o644, b"root:x:0:0::/root:/sbin/nologin\n".to_vec());
         (config, layer)
     }
 
@@ -679,10 +618,7 @@ mod tests {
     fn every_extra_name_points_at_the_same_manifest() {
         let archive = build(&["registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.6"]);
         let inspection = inspect_archive(&archive).expect("valid archive");
-        assert_eq!(
-            inspection.names,
-            names(&["registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.6"])
-        );
+        assert_eq!(inspection.names, names(&["registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.6"]));
     }
 
     #[test]
@@ -690,30 +626,17 @@ mod tests {
         let archive = build(&["docker.io/ferry/operator:dev"]);
         let inspection = inspect_archive(&archive).expect("valid archive");
         assert!(inspection.manifest_digest.starts_with("sha256:"));
-        let paths: Vec<_> = read_tar(&archive)
-            .expect("tar")
-            .into_iter()
-            .map(|e| e.path)
-            .collect();
-        assert_eq!(
-            &paths[..4],
-            ["oci-layout", "index.json", "blobs/", "blobs/sha256/"]
-        );
-        assert_eq!(
-            paths.len(),
-            7,
-            "layer, config and manifest blobs: {paths:?}"
-        );
+        let paths: Vec<_> = read_tar(&archive).expect("tar").into_iter().map(|e| e.path).collect();
+        assert_eq!(&paths[..4], ["oci-layout", "index.json", "blobs/", "blobs/sha256/"]);
+        assert_eq!(paths.len(), 7, "layer, config and manifest blobs: {paths:?}");
     }
 
     #[test]
     fn a_tampered_blob_is_caught_by_the_inspection() {
         let mut archive = build(&["docker.io/ferry/operator:dev"]);
         let needle = b"fake";
-        let at = archive
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("binary content in the layer");
+        let at =
+            archive.windows(needle.len()).position(|w| w == needle).expect("binary content in the layer");
         archive[at] = b'F';
         let error = inspect_archive(&archive).expect_err("digest mismatch");
         assert!(error.to_string().contains("another digest"), "{error}");
@@ -726,19 +649,15 @@ mod tests {
         assert_eq!(sha256(&first), sha256(&second));
         let (config, mut layer) = operator_like();
         layer.add_file("/etc/extra", 0o644, Vec::new());
-        let other = build_archive(&names(&["docker.io/ferry/operator:dev"]), &config, &layer)
-            .expect("archive");
+        let other =
+            build_archive(&names(&["docker.io/ferry/operator:dev"]), &config, &layer).expect("archive");
         assert_ne!(sha256(&first), sha256(&other));
     }
 
     #[test]
     fn the_layer_owns_everything_by_root_at_time_zero_with_parents_first() {
         let inspection = inspect_archive(&build(&["docker.io/ferry/operator:dev"])).expect("valid");
-        let summary: Vec<_> = inspection
-            .layer
-            .iter()
-            .map(|e| (e.path.as_str(), e.kind, e.mode))
-            .collect();
+        let summary: Vec<_> = inspection.layer.iter().map(|e| (e.path.as_str(), e.kind, e.mode)).collect();
         assert_eq!(
             summary,
             [
@@ -751,42 +670,26 @@ mod tests {
                 ("usr/local/bin/operator", b'0', 0o755),
             ]
         );
-        assert!(
-            inspection
-                .layer
-                .iter()
-                .all(|e| e.uid == 0 && e.gid == 0 && e.mtime == 0)
-        );
+        assert!(inspection.layer.iter().all(|e| e.uid == 0 && e.gid == 0 && e.mtime == 0));
     }
 
     #[test]
     fn the_config_carries_entrypoint_user_env_and_ports() {
-        let config = inspect_archive(&build(&["docker.io/ferry/operator:dev"]))
-            .expect("valid")
-            .config;
+        let config = inspect_archive(&build(&["docker.io/ferry/operator:dev"])).expect("valid").config;
         assert_eq!(config["architecture"], "amd64");
         assert_eq!(config["os"], "linux");
         let runtime = &config["config"];
         assert_eq!(runtime["Entrypoint"], json!(["/usr/local/bin/operator"]));
         assert_eq!(runtime["User"], "65532:65532");
         assert_eq!(runtime["Env"], json!([DEFAULT_PATH, "DATA_DIR=/data"]));
-        assert_eq!(
-            runtime["ExposedPorts"],
-            json!({"8080/tcp": {}, "53/udp": {}})
-        );
-        assert_eq!(
-            config["created"], EPOCH,
-            "a build time breaks reproducibility"
-        );
+        assert_eq!(runtime["ExposedPorts"], json!({"8080/tcp": {}, "53/udp": {}}));
+        assert_eq!(config["created"], EPOCH, "a build time breaks reproducibility");
         assert_eq!(config["history"][0]["created"], EPOCH);
     }
 
     #[test]
     fn a_path_given_in_env_replaces_the_default_one() {
-        let config = ImageConfig {
-            env: vec!["PATH=/bin".to_string()],
-            ..ImageConfig::default()
-        };
+        let config = ImageConfig { env: vec!["PATH=/bin".to_string()], ..ImageConfig::default() };
         let json = config_json(&config, b"");
         assert_eq!(json["config"]["Env"], json!(["PATH=/bin"]));
         assert!(json["config"].get("User").is_none());
@@ -795,10 +698,7 @@ mod tests {
 
     #[test]
     fn names_the_kubelet_would_not_find_are_refused() {
-        assert_eq!(
-            image_tag("docker.io/ferry/operator:dev").expect("ok"),
-            "dev"
-        );
+        assert_eq!(image_tag("docker.io/ferry/operator:dev").expect("ok"), "dev");
         assert_eq!(image_tag("localhost:5000/pause:3.10").expect("ok"), "3.10");
         for name in [
             "ferry/operator:dev",
@@ -815,10 +715,7 @@ mod tests {
     fn an_add_needs_a_source_and_an_absolute_destination() {
         assert_eq!(
             parse_add("target/release/operator:/usr/local/bin/operator").expect("ok"),
-            (
-                PathBuf::from("target/release/operator"),
-                "/usr/local/bin/operator".to_string()
-            )
+            (PathBuf::from("target/release/operator"), "/usr/local/bin/operator".to_string())
         );
         assert!(parse_add("target/release/operator").is_err());
         assert!(parse_add("operator:usr/bin/operator").is_err());
@@ -843,11 +740,7 @@ mod tests {
 
     #[test]
     fn a_static_binary_needs_no_shared_library() {
-        assert!(
-            parse_ldd("\tnot a dynamic executable\n")
-                .expect("ok")
-                .is_empty()
-        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").expect("ok").is_empty());
         assert!(parse_ldd("\tstatically linked\n").expect("ok").is_empty());
     }
 
@@ -898,18 +791,14 @@ mod tests {
         let dir = tempdir();
         let real = dir.join("real");
         std::fs::write(&real, b"content").expect("write");
-        std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o750))
-            .expect("chmod");
+        std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
         let link = dir.join("link");
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
         let mut layer = Layer::new();
         layer.add_host_file(&link, "/opt/thing").expect("add");
         assert_eq!(
             layer.entries().get("opt/thing"),
-            Some(&Entry::File {
-                mode: 0o750,
-                data: b"content".to_vec()
-            })
+            Some(&Entry::File { mode: 0o750, data: b"content".to_vec() })
         );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

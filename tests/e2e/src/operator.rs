@@ -29,24 +29,16 @@ impl OperatorProcess {
 
     /// [`OperatorProcess::start`] with extra environment variables, e.g. a `KUBECONFIG`
     /// holding another identity.
-    pub fn start_with_env(
-        namespace: &str,
-        label: &str,
-        extra_args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
+    pub fn start_with_env(namespace: &str, label: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = std::env::var("FERRY_OPERATOR_BIN").unwrap_or_else(|_| {
             panic!("FERRY_OPERATOR_BIN is not set: run the e2e tier with `make test-e2e`, which builds the operator")
         });
         let dir = log_dir();
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let log = dir.join(format!("{namespace}-{label}.log"));
-        let file = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let err = file
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
+        let file =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let err = file.try_clone().unwrap_or_else(|e| panic!("cannot clone log handle: {e}"));
         let mut command = Command::new(&bin);
         command.args(["--namespace", namespace, "--log-format", "json"]);
         if !extra_args.contains(&"--metrics-addr") {
@@ -74,6 +66,18 @@ impl OperatorProcess {
     /// Kills the process at once (SIGKILL), as a crash or node loss would.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Asks the process to stop (SIGTERM, as the kubelet does) and waits for it to exit; returns
+    /// its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id()?.to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        self.child.wait().await.ok()?.code()
     }
 
     /// Whether the process is still running.

@@ -1,12 +1,13 @@
-//! The shop (`examples/shop/`) on the real node (`NODE=real make cluster-up`):
+//! The shop (`examples/shop/`) on real pods, on kind's node (`make kind-up`):
 //! the operator installed by its Helm chart as a pod, order and inventory as
-//! real pods on the node's PostgreSQL, gRPC calls through their Services, an
-//! open-loop `CreateOrder` load and per-pod request counters read from each
-//! pod's `/metrics`.
+//! real pods sharing the kind tier's PostgreSQL, gRPC calls through their
+//! Services, an open-loop `CreateOrder` load and per-pod request counters read
+//! from each pod's `/metrics`.
 //!
-//! Everything here talks to addresses inside the node's network namespace
-//! (ClusterIPs, pod IPs, the node address), so the tests using it run inside
-//! that namespace (`tests/e2e/run.sh` enters it).
+//! Everything here talks to addresses inside the kind node's network
+//! namespace (ClusterIPs, pod IPs) or on the kind network (the PostgreSQL), so
+//! the tests using it run inside that namespace (`tests/e2e/run.sh` enters it
+//! with `tests/e2e/kind/kind.sh netns`).
 
 use std::{
     collections::BTreeMap,
@@ -15,9 +16,7 @@ use std::{
 };
 
 use ferry_proto::{
-    inventory::v1::{
-        GetStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient,
-    },
+    inventory::v1::{GetStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient},
     order::v1::{CreateOrderRequest, OrderItem, order_service_client::OrderServiceClient},
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -32,11 +31,55 @@ use tonic::{
 
 use crate::{TestContext, tools, wait_until};
 
-/// The node's address inside its namespace (tests/e2e/cluster/real-node.sh):
-/// the API server's advertised address, CoreDNS and PostgreSQL listen there.
-pub const NODE_IP: &str = "10.250.0.1";
-/// The node's PostgreSQL port.
-pub const POSTGRES_PORT: u16 = 5432;
+/// The kind tier's PostgreSQL (tests/e2e/kind/kind.sh: a host process
+/// listening only on the kind network's gateway address): `FERRY_POSTGRES_HOST`
+/// and `FERRY_POSTGRES_PORT`, which `tests/e2e/run.sh` reads from
+/// `target/kind/env`.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Postgres {
+    /// From the environment; panics with what to run when it is not set.
+    pub fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!(
+                    "{name} is not set: run the real-pod tests as tests/e2e/run.sh does \
+                     (make kind-up writes target/kind/env)"
+                )
+            })
+        };
+        let port = var("FERRY_POSTGRES_PORT");
+        Self {
+            host: var("FERRY_POSTGRES_HOST"),
+            port: port.parse().unwrap_or_else(|_| panic!("FERRY_POSTGRES_PORT={port:?} is not a port")),
+        }
+    }
+
+    /// `psql` connection arguments for the superuser.
+    pub fn psql_args(&self) -> Vec<String> {
+        ["-h", &self.host, "-p", &self.port.to_string(), "-U", "postgres"].map(str::to_string).to_vec()
+    }
+
+    /// Runs SQL statements through `psql`, stopping at the first error.
+    pub fn execute(&self, statements: &[&str]) {
+        let mut args = self.psql_args();
+        args.extend(["-v".into(), "ON_ERROR_STOP=1".into()]);
+        for statement in statements {
+            args.extend(["-c".to_string(), (*statement).to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tools::run_ok("psql", &args, None, &[]);
+    }
+
+    /// The URL of database `name`, as pods use it.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@{}:{}/{name}", self.host, self.port)
+    }
+}
 /// The published demo key of `examples/shop/10-jwt-secret.yaml`.
 const DEMO_KEY: &str = "ferry-demo-only-hs256-key-do-not-use-in-production";
 /// The revision label on pods and in the active Service's selector.
@@ -44,13 +87,13 @@ pub const REVISION_LABEL: &str = "ferry.dev/revision";
 /// The one SKU the load buys.
 pub const SKU: &str = "widget";
 
-/// Panics unless the test runs inside the real node's network namespace.
-pub fn require_real_node() {
+/// Panics unless the test runs inside the kind node's network namespace.
+pub fn require_real_pods() {
     assert_eq!(
-        std::env::var("FERRY_REAL_NODE").as_deref(),
+        std::env::var("FERRY_REAL_PODS").as_deref(),
         Ok("1"),
-        "these tests need the real node: NODE=real make cluster-up, then run them inside its \
-         network namespace as tests/e2e/run.sh does (FERRY_REAL_NODE=1)"
+        "these tests need real pods: make kind-up, then run them inside the node's network \
+         namespace as tests/e2e/run.sh does (tests/e2e/kind/kind.sh netns ..., FERRY_REAL_PODS=1)"
     );
 }
 
@@ -62,18 +105,10 @@ pub fn token(scope: &str) -> MetadataValue<Ascii> {
         scope: &'a str,
         exp: u64,
     }
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        + 3600;
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() + 3600;
     let jwt = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims {
-            sub: "ferry-e2e",
-            scope,
-            exp,
-        },
+        &Claims { sub: "ferry-e2e", scope, exp },
         &jsonwebtoken::EncodingKey::from_secret(DEMO_KEY.as_bytes()),
     )
     .expect("sign a token");
@@ -82,9 +117,7 @@ pub fn token(scope: &str) -> MetadataValue<Ascii> {
 
 fn authed<T>(message: T, bearer: &MetadataValue<Ascii>) -> Request<T> {
     let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", bearer.clone());
+    request.metadata_mut().insert("authorization", bearer.clone());
     request
 }
 
@@ -99,6 +132,9 @@ pub struct ShopOptions {
     /// Both services' `max_concurrent_requests` (in-flight calls before load
     /// shedding answers RESOURCE_EXHAUSTED; the shop's default is 512).
     pub max_concurrent_requests: usize,
+    /// Start inventory with `FERRY_ALLOW_FAULT_INJECTION=true`, so that
+    /// [`set_inventory_faults`] can make it slow or failing (off by default).
+    pub inventory_fault_injection: bool,
 }
 
 impl Default for ShopOptions {
@@ -112,63 +148,39 @@ impl Default for ShopOptions {
             // inventory pod both order pods happen to be connected to. Queue
             // them instead of shedding, for a cutover measurement.
             max_concurrent_requests: 4096,
+            inventory_fault_injection: false,
         }
     }
 }
 
 /// `config` (a service's config.yaml) with `key: value` set.
 fn set_config_line(config: &str, key: &str, value: &str) -> String {
-    let mut lines: Vec<String> = config
-        .lines()
-        .filter(|l| !l.starts_with(&format!("{key}:")))
-        .map(str::to_string)
-        .collect();
+    let mut lines: Vec<String> =
+        config.lines().filter(|l| !l.starts_with(&format!("{key}:"))).map(str::to_string).collect();
     lines.push(format!("{key}: {value}"));
     lines.join("\n") + "\n"
 }
 
-/// Creates an empty database on the node's PostgreSQL.
+/// Creates an empty database on the kind tier's PostgreSQL; returns its URL.
 pub fn create_database(name: &str) -> String {
-    tools::run_ok(
-        "psql",
-        &[
-            "-h",
-            NODE_IP,
-            "-p",
-            &POSTGRES_PORT.to_string(),
-            "-U",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("CREATE DATABASE {name}"),
-        ],
-        None,
-        &[],
-    );
-    format!("postgres://postgres@{NODE_IP}:{POSTGRES_PORT}/{name}")
+    let postgres = Postgres::from_env();
+    postgres.execute(&[&format!("CREATE DATABASE {name}")]);
+    postgres.url(name)
 }
 
 /// The shop's manifests for `ctx`'s namespace: both services on their own
-/// database of the node's PostgreSQL (so blue and green share state and any
+/// database of the kind tier's PostgreSQL (so blue and green share state and any
 /// order pod can read any order), and the inventory settings of `options`.
 pub fn shop_manifests(ctx: &TestContext, options: &ShopOptions) -> String {
     let db_prefix = ctx.namespace.replace('-', "_");
     let inventory_db = create_database(&format!("{db_prefix}_inventory"));
     let order_db = create_database(&format!("{db_prefix}_order"));
-    let mut list: Value =
-        serde_json::from_str(&tools::shop_manifests_in(&ctx.namespace)).expect("JSON list");
+    let mut list: Value = serde_json::from_str(&tools::shop_manifests_in(&ctx.namespace)).expect("JSON list");
     for item in list["items"].as_array_mut().expect("items") {
-        let name = item["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
         match (item["kind"].as_str().unwrap_or_default(), name.as_str()) {
             ("ConfigMap", config_map) => {
-                let mut config = item["data"]["config.yaml"]
-                    .as_str()
-                    .expect("config.yaml")
-                    .to_string();
+                let mut config = item["data"]["config.yaml"].as_str().expect("config.yaml").to_string();
                 config = set_config_line(
                     &config,
                     "max_concurrent_requests",
@@ -184,14 +196,13 @@ pub fn shop_manifests(ctx: &TestContext, options: &ShopOptions) -> String {
                 item["data"]["config.yaml"] = json!(config);
             }
             ("MicroService", service) => {
-                let url = if service == "inventory" {
-                    &inventory_db
-                } else {
-                    &order_db
-                };
+                let url = if service == "inventory" { &inventory_db } else { &order_db };
                 let env = item["spec"]["env"].as_array_mut().expect("env");
                 env.retain(|e| e["name"] != "DATA_DIR");
                 env.push(json!({"name": "DATABASE_URL", "value": url}));
+                if service == "inventory" && options.inventory_fault_injection {
+                    env.push(json!({"name": "FERRY_ALLOW_FAULT_INJECTION", "value": "true"}));
+                }
                 if service == "inventory" {
                     item["spec"]["strategy"]["blueGreen"]["autoPromotionEnabled"] =
                         json!(options.inventory_auto_promotion);
@@ -208,19 +219,15 @@ pub fn shop_manifests(ctx: &TestContext, options: &ShopOptions) -> String {
 /// CPU the next measurement should not share).
 pub async fn wait_for_a_quiet_node(ctx: &TestContext) {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
-    wait_until(
-        "the previous tests' namespaces are gone",
-        Duration::from_secs(180),
-        || async {
-            let list = namespaces.list(&ListParams::default()).await.ok()?;
-            let others = list
-                .items
-                .iter()
-                .filter(|ns| ns.name_any().starts_with("e2e-") && ns.name_any() != ctx.namespace)
-                .count();
-            (others == 0).then_some(())
-        },
-    )
+    wait_until("the previous tests' namespaces are gone", Duration::from_secs(180), || async {
+        let list = namespaces.list(&ListParams::default()).await.ok()?;
+        let others = list
+            .items
+            .iter()
+            .filter(|ns| ns.name_any().starts_with("e2e-") && ns.name_any() != ctx.namespace)
+            .count();
+        (others == 0).then_some(())
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 }
@@ -229,19 +236,12 @@ pub async fn wait_for_a_quiet_node(ctx: &TestContext) {
 /// waits until the operator pod is Ready.
 pub async fn install_operator(ctx: &TestContext) -> tools::HelmRelease {
     let watch = format!("watchNamespace={}", ctx.namespace);
-    let release = tools::HelmRelease::install(
-        "ferry",
-        &ctx.namespace,
-        &["--set", &watch, "--set", "image.tag=dev"],
-    );
-    wait_until(
-        "the operator pod is Ready",
-        Duration::from_secs(120),
-        || async {
-            let pods = ready_pods(ctx, "app.kubernetes.io/name=ferry-operator").await;
-            (!pods.is_empty()).then_some(())
-        },
-    )
+    let release =
+        tools::HelmRelease::install("ferry", &ctx.namespace, &["--set", &watch, "--set", "image.tag=dev"]);
+    wait_until("the operator pod is Ready", Duration::from_secs(120), || async {
+        let pods = ready_pods(ctx, "app.kubernetes.io/name=ferry-operator").await;
+        (!pods.is_empty()).then_some(())
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     release
@@ -250,12 +250,7 @@ pub async fn install_operator(ctx: &TestContext) -> tools::HelmRelease {
 /// Applies the shop and waits until both MicroServices are Available.
 pub async fn apply_shop(ctx: &TestContext, options: &ShopOptions) {
     let manifests = shop_manifests(ctx, options);
-    tools::run_ok(
-        "kubectl",
-        &["apply", "-n", &ctx.namespace, "-f", "-"],
-        Some(&manifests),
-        &[],
-    );
+    tools::run_ok("kubectl", &["apply", "-n", &ctx.namespace, "-f", "-"], Some(&manifests), &[]);
     for name in ["inventory", "order"] {
         tools::run_ok(
             "kubectl",
@@ -278,12 +273,43 @@ pub async fn apply_shop(ctx: &TestContext, options: &ShopOptions) {
 pub fn patch_inventory(ctx: &TestContext, patch: &Value) {
     tools::run_ok(
         "kubectl",
+        &["patch", "-n", &ctx.namespace, "microservice/inventory", "--type=json", "-p", &patch.to_string()],
+        None,
+        &[],
+    );
+}
+
+/// One inventory fault as a `faults:` entry (services/README.md, *Fault
+/// injection*): `delay_ms` added to `method` (e.g. `DeductStock`) and
+/// `error_ratio` of its calls answered UNAVAILABLE.
+pub fn inventory_fault(method: &str, delay_ms: u64, error_ratio: f64) -> String {
+    format!(
+        "\"/ferry.inventory.v1.InventoryService/{method}\": {{delay_ms: {delay_ms}, error_ratio: {error_ratio}}}"
+    )
+}
+
+/// Sets inventory's `faults:` in its ConfigMap (`{}` with no `faults`:
+/// faults off). The pods reload it without a restart once the kubelet has
+/// updated the mounted file (its sync period, up to about a minute) and the
+/// service's next poll; needs [`ShopOptions::inventory_fault_injection`], or
+/// the service rejects the new file and keeps the old one.
+pub fn set_inventory_faults(ctx: &TestContext, faults: &[String]) {
+    let config = tools::run_ok(
+        "kubectl",
+        &["get", "-n", &ctx.namespace, "configmap/inventory-config", "-o", "jsonpath={.data.config\\.yaml}"],
+        None,
+        &[],
+    );
+    let config = set_config_line(&config, "faults", &format!("{{{}}}", faults.join(", ")));
+    let patch = json!({"data": {"config.yaml": config}});
+    tools::run_ok(
+        "kubectl",
         &[
             "patch",
             "-n",
             &ctx.namespace,
-            "microservice/inventory",
-            "--type=json",
+            "configmap/inventory-config",
+            "--type=merge",
             "-p",
             &patch.to_string(),
         ],
@@ -304,11 +330,7 @@ pub async fn deploy(ctx: &TestContext, options: &ShopOptions, stock: i64) -> too
 /// Running pods whose Ready condition is True, by label selector.
 pub async fn ready_pods(ctx: &TestContext, selector: &str) -> Vec<Pod> {
     let pods: Api<Pod> = ctx.api();
-    let list = pods
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
+    let list = pods.list(&ListParams::default().labels(selector)).await.map(|l| l.items).unwrap_or_default();
     list.into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
@@ -350,18 +372,14 @@ pub async fn channels(endpoint: &str, count: usize) -> Vec<Channel> {
     for _ in 0..count {
         // A Service that just got its endpoints may not be in kube-proxy's
         // rules yet (it REJECTs until its next sync): wait for a connection.
-        let channel = wait_until(
-            &format!("a connection to {endpoint}"),
-            Duration::from_secs(30),
-            || async {
-                Endpoint::from_shared(endpoint.to_string())
-                    .expect("endpoint")
-                    .connect_timeout(Duration::from_secs(5))
-                    .connect()
-                    .await
-                    .ok()
-            },
-        )
+        let channel = wait_until(&format!("a connection to {endpoint}"), Duration::from_secs(30), || async {
+            Endpoint::from_shared(endpoint.to_string())
+                .expect("endpoint")
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .ok()
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         out.push(channel);
@@ -373,13 +391,7 @@ pub async fn channels(endpoint: &str, count: usize) -> Vec<Channel> {
 pub async fn set_stock(channel: Channel, quantity: i64) {
     let admin = token("inventory:admin");
     InventoryServiceClient::new(channel)
-        .set_stock(authed(
-            SetStockRequest {
-                sku: SKU.into(),
-                quantity,
-            },
-            &admin,
-        ))
+        .set_stock(authed(SetStockRequest { sku: SKU.into(), quantity }, &admin))
         .await
         .expect("SetStock");
 }
@@ -405,22 +417,13 @@ pub async fn create_order(
         CreateOrderRequest {
             request_id,
             customer_id: "e2e".into(),
-            items: vec![OrderItem {
-                sku: SKU.into(),
-                quantity: 1,
-            }],
+            items: vec![OrderItem { sku: SKU.into(), quantity: 1 }],
         },
         bearer,
     );
     request.set_timeout(Duration::from_secs(10));
-    let response = OrderServiceClient::new(channel)
-        .create_order(request)
-        .await?;
-    Ok(response
-        .into_inner()
-        .order
-        .map(|o| o.order_id)
-        .unwrap_or_default())
+    let response = OrderServiceClient::new(channel).create_order(request).await?;
+    Ok(response.into_inner().order.map(|o| o.order_id).unwrap_or_default())
 }
 
 /// A failed call of the load.
@@ -462,12 +465,8 @@ impl LoadReport {
 
     /// The `q` quantile (0..=1) of latencies of calls started in `[from, to)`.
     pub fn latency_quantile(&self, from: Duration, to: Duration, q: f64) -> Option<Duration> {
-        let mut window: Vec<Duration> = self
-            .latencies
-            .iter()
-            .filter(|(at, _)| *at >= from && *at < to)
-            .map(|(_, l)| *l)
-            .collect();
+        let mut window: Vec<Duration> =
+            self.latencies.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, l)| *l).collect();
         if window.is_empty() {
             return None;
         }
@@ -537,10 +536,7 @@ pub async fn create_order_load(
     }
     let send_window = start.elapsed();
     while tasks.join_next().await.is_some() {}
-    let mut report = Arc::try_unwrap(report)
-        .expect("all tasks done")
-        .into_inner()
-        .expect("report");
+    let mut report = Arc::try_unwrap(report).expect("all tasks done").into_inner().expect("report");
     report.sent = n;
     report.send_window = send_window;
     report.elapsed = start.elapsed();
@@ -553,8 +549,7 @@ async fn scrape(pod_ip: &str) -> Option<String> {
         let mut stream = TcpStream::connect((pod_ip, 9090)).await.ok()?;
         stream
             .write_all(
-                format!("GET /metrics HTTP/1.0\r\nHost: {pod_ip}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!("GET /metrics HTTP/1.0\r\nHost: {pod_ip}\r\nConnection: close\r\n\r\n").as_bytes(),
             )
             .await
             .ok()?;
@@ -562,10 +557,7 @@ async fn scrape(pod_ip: &str) -> Option<String> {
         stream.read_to_string(&mut body).await.ok()?;
         Some(body)
     };
-    tokio::time::timeout(Duration::from_secs(2), fetch)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
 }
 
 /// The sum of `grpc_server_handled_total` for `method` in a metrics text.
@@ -589,11 +581,7 @@ pub async fn inventory_pods(ctx: &TestContext) -> Vec<(String, String, String)> 
     list.into_iter()
         .filter_map(|pod| {
             let ip = pod.status.as_ref()?.pod_ip.clone()?;
-            let revision = pod
-                .labels()
-                .get(REVISION_LABEL)
-                .cloned()
-                .unwrap_or_default();
+            let revision = pod.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
             Some((pod.name_any(), revision, ip))
         })
         .collect()
@@ -605,10 +593,7 @@ pub async fn deductions_of(pods: &[(String, String, String)]) -> BTreeMap<String
     let mut out = BTreeMap::new();
     for (name, revision, ip) in pods {
         if let Some(text) = scrape(ip).await {
-            out.insert(
-                name.clone(),
-                (revision.clone(), handled_total(&text, "DeductStock")),
-            );
+            out.insert(name.clone(), (revision.clone(), handled_total(&text, "DeductStock")));
         }
     }
     out
@@ -660,43 +645,20 @@ impl CutoverReport {
         let pivot = self.switched_at.or(self.aborted_at).unwrap_or(end);
         let windows = [
             ("before (start → patch)", Duration::ZERO, self.patched_at),
-            (
-                "during (patch → switch + 5 s)",
-                self.patched_at,
-                pivot + Duration::from_secs(5),
-            ),
-            (
-                "after (switch + 5 s → end)",
-                pivot + Duration::from_secs(5),
-                end,
-            ),
+            ("during (patch → switch + 5 s)", self.patched_at, pivot + Duration::from_secs(5)),
+            ("after (switch + 5 s → end)", pivot + Duration::from_secs(5), end),
         ];
-        let mut out =
-            String::from("| window | calls | failed | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
+        let mut out = String::from("| window | calls | failed | p50 | p99 |\n|---|---:|---:|---:|---:|\n");
         for (name, from, to) in windows {
-            let calls = self
-                .load
-                .latencies
-                .iter()
-                .filter(|(at, _)| *at >= from && *at < to)
-                .count();
-            let failed = self
-                .load
-                .failures
-                .iter()
-                .filter(|f| f.at >= from && f.at < to)
-                .count();
+            let calls = self.load.latencies.iter().filter(|(at, _)| *at >= from && *at < to).count();
+            let failed = self.load.failures.iter().filter(|f| f.at >= from && f.at < to).count();
             let ms = |q| {
                 self.load
                     .latency_quantile(from, to, q)
                     .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
                     .unwrap_or_else(|| "-".into())
             };
-            out += &format!(
-                "| {name} | {calls} | {failed} | {} | {} |\n",
-                ms(0.5),
-                ms(0.99)
-            );
+            out += &format!("| {name} | {calls} | {failed} | {} | {} |\n", ms(0.5), ms(0.99));
         }
         out
     }
@@ -713,9 +675,7 @@ pub async fn rollout_under_load(
     settle: Duration,
     ending: Ending,
 ) -> CutoverReport {
-    let blue = active_revision(ctx, "inventory")
-        .await
-        .expect("inventory has an active revision");
+    let blue = active_revision(ctx, "inventory").await.expect("inventory has an active revision");
     let order = channels(&service_endpoint(ctx, "order").await, 8).await;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let started = Instant::now();
@@ -761,22 +721,14 @@ pub async fn rollout_under_load(
             pods_listed = Instant::now();
         }
         let counts = deductions_of(&pods).await;
-        let blue_total: f64 = counts
-            .values()
-            .filter(|(r, _)| *r == blue)
-            .map(|(_, n)| n)
-            .sum();
+        let blue_total: f64 = counts.values().filter(|(r, _)| *r == blue).map(|(_, n)| n).sum();
         if blue_total > last_blue_total {
             if last_blue_total >= 0.0 {
                 report.last_blue_call_at = Some(now);
             }
             last_blue_total = blue_total;
         }
-        report.green_calls = counts
-            .values()
-            .filter(|(r, _)| *r != blue)
-            .map(|(_, n)| n)
-            .sum();
+        report.green_calls = counts.values().filter(|(r, _)| *r != blue).map(|(_, n)| n).sum();
         if report.green.is_none() {
             report.green = counts.values().map(|(r, _)| r.clone()).find(|r| *r != blue);
         }
@@ -796,9 +748,7 @@ pub async fn rollout_under_load(
             Ending::Abort => {
                 if report.aborted_at.is_none()
                     && let Some(green) = report.green.clone()
-                    && !ready_pods(ctx, &format!("{REVISION_LABEL}={green}"))
-                        .await
-                        .is_empty()
+                    && !ready_pods(ctx, &format!("{REVISION_LABEL}={green}")).await.is_empty()
                 {
                     tools::run_ok(
                         "kubectl",
@@ -838,6 +788,19 @@ mod tests {
     }
 
     #[test]
+    fn inventory_faults_land_as_one_faults_line_keyed_by_method_path() {
+        let config = "log_level: info\nfaults: {}\n";
+        let faults = [inventory_fault("DeductStock", 800, 0.0), inventory_fault("GetStock", 0, 1.0)];
+        let changed = set_config_line(config, "faults", &format!("{{{}}}", faults.join(", ")));
+        let value: serde_yaml::Value = serde_yaml::from_str(&changed).expect("YAML");
+        let deduct = &value["faults"]["/ferry.inventory.v1.InventoryService/DeductStock"];
+        assert_eq!(deduct["delay_ms"].as_u64(), Some(800), "{changed}");
+        let get = &value["faults"]["/ferry.inventory.v1.InventoryService/GetStock"];
+        assert_eq!(get["error_ratio"].as_f64(), Some(1.0), "{changed}");
+        assert_eq!(changed.matches("faults:").count(), 1, "{changed}");
+    }
+
+    #[test]
     fn handled_total_sums_every_code_of_one_method_only() {
         let text = "# HELP x\n\
             grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"DeductStock\",grpc_code=\"OK\"} 7\n\
@@ -859,9 +822,6 @@ mod tests {
         };
         let window = report.latency_quantile(Duration::ZERO, Duration::from_secs(3), 1.0);
         assert_eq!(window, Some(Duration::from_millis(20)));
-        assert_eq!(
-            report.latency_quantile(Duration::from_secs(9), Duration::from_secs(10), 0.5),
-            None
-        );
+        assert_eq!(report.latency_quantile(Duration::from_secs(9), Duration::from_secs(10), 0.5), None);
     }
 }

@@ -36,27 +36,18 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>, env: &[(&str, &str
     command
         .args(args)
         .envs(env.iter().copied())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {program}: {e} (is the cluster's bin dir on PATH? tests/e2e/run.sh sets it)"
-        )
+        panic!("cannot run {program}: {e} (is the cluster's bin dir on PATH? tests/e2e/run.sh sets it)")
     });
     if let Some(text) = stdin
         && let Some(mut pipe) = child.stdin.take()
     {
-        pipe.write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("write to {program}: {e}"));
+        pipe.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("write to {program}: {e}"));
     }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("wait for {program}: {e}"))
+    child.wait_with_output().unwrap_or_else(|e| panic!("wait for {program}: {e}"))
 }
 
 /// Like [`run`], but panics with both streams unless the command succeeds; returns stdout.
@@ -91,11 +82,7 @@ impl HelmRelease {
         let mut full = vec!["install", name, &chart, "--namespace", namespace];
         full.extend_from_slice(args);
         run_ok("helm", &full, None, &[]);
-        Self {
-            name: name.into(),
-            namespace: namespace.into(),
-            installed: true,
-        }
+        Self { name: name.into(), namespace: namespace.into(), installed: true }
     }
 
     /// The chart's ServiceAccount: the release's fullname, `<release>-ferry-operator` for a release
@@ -108,18 +95,7 @@ impl HelmRelease {
     pub fn uninstall(&mut self) {
         if self.installed {
             self.installed = false;
-            run_ok(
-                "helm",
-                &[
-                    "uninstall",
-                    &self.name,
-                    "--namespace",
-                    &self.namespace,
-                    "--wait",
-                ],
-                None,
-                &[],
-            );
+            run_ok("helm", &["uninstall", &self.name, "--namespace", &self.namespace, "--wait"], None, &[]);
         }
     }
 }
@@ -127,12 +103,7 @@ impl HelmRelease {
 impl Drop for HelmRelease {
     fn drop(&mut self) {
         if self.installed {
-            let _ = run(
-                "helm",
-                &["uninstall", &self.name, "--namespace", &self.namespace],
-                None,
-                &[],
-            );
+            let _ = run("helm", &["uninstall", &self.name, "--namespace", &self.namespace], None, &[]);
         }
     }
 }
@@ -146,31 +117,11 @@ pub struct ServiceAccountKubeconfig {
 
 impl ServiceAccountKubeconfig {
     pub fn create(namespace: &str, account: &str) -> Self {
-        let token = run_ok(
-            "kubectl",
-            &[
-                "create",
-                "token",
-                account,
-                "-n",
-                namespace,
-                "--duration",
-                "1h",
-            ],
-            None,
-            &[],
-        );
+        let token =
+            run_ok("kubectl", &["create", "token", account, "-n", namespace, "--duration", "1h"], None, &[]);
         let current: Value = serde_json::from_str(&run_ok(
             "kubectl",
-            &[
-                "config",
-                "view",
-                "--raw",
-                "--minify",
-                "--flatten",
-                "-o",
-                "json",
-            ],
+            &["config", "view", "--raw", "--minify", "--flatten", "-o", "json"],
             None,
             &[],
         ))
@@ -188,17 +139,14 @@ impl ServiceAccountKubeconfig {
             "current-context": account,
         });
         let path = scratch_dir().join(format!("{namespace}-{account}.kubeconfig"));
-        std::fs::write(&path, config.to_string())
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        std::fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         Self { path }
     }
 
     /// The path as a string, for `KUBECONFIG`. Panics rather than returning something a
     /// client would read as "no kubeconfig" and fall back to the admin's.
     pub fn as_str(&self) -> &str {
-        self.path
-            .to_str()
-            .unwrap_or_else(|| panic!("non-UTF-8 path {}", self.path.display()))
+        self.path.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", self.path.display()))
     }
 }
 
@@ -220,8 +168,7 @@ pub fn shop_manifests() -> Vec<Value> {
     files.sort();
     let mut docs = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
         docs.extend(yaml_documents(&text));
     }
     docs

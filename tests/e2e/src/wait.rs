@@ -14,11 +14,7 @@ pub struct WaitError {
 
 /// Polls `check` until it yields `Some`, returning the value, or fails after
 /// `limit`. The poll interval is short because everything here is local.
-pub async fn wait_until<T, F, Fut>(
-    what: &str,
-    limit: Duration,
-    mut check: F,
-) -> Result<T, WaitError>
+pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T, WaitError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -33,8 +29,5 @@ where
             }
         }
     };
-    timeout(limit, poll).await.map_err(|_| WaitError {
-        what: what.to_string(),
-        waited: limit,
-    })
+    timeout(limit, poll).await.map_err(|_| WaitError { what: what.to_string(), waited: limit })
 }

@@ -37,10 +37,7 @@ async fn alerts_become_a_prometheus_rule_owned_by_the_microservice_and_go_away_w
                 "alerts": {"latencyP99ThresholdMs": 250, "labels": {"team": "shop"}}
             }
         });
-        let created = ctx
-            .create_microservice("orders", spec)
-            .await
-            .expect("create msvc");
+        let created = ctx.create_microservice("orders", spec).await.expect("create msvc");
         let rules = prometheus_rules(&ctx);
         let rule = wait_until("the PrometheusRule", DEFAULT_TIMEOUT, || async {
             rules.get_opt("orders").await.ok().flatten()
@@ -48,23 +45,12 @@ async fn alerts_become_a_prometheus_rule_owned_by_the_microservice_and_go_away_w
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
-        let owner = rule
-            .owner_references()
-            .first()
-            .cloned()
-            .expect("an owner reference");
+        let owner = rule.owner_references().first().cloned().expect("an owner reference");
         assert_eq!(
-            (
-                owner.kind.as_str(),
-                Some(owner.uid.as_str()),
-                owner.controller
-            ),
+            (owner.kind.as_str(), Some(owner.uid.as_str()), owner.controller),
             ("MicroService", created.metadata.uid.as_deref(), Some(true))
         );
-        assert_eq!(
-            rule.labels().get("release").map(String::as_str),
-            Some("prom")
-        );
+        assert_eq!(rule.labels().get("release").map(String::as_str), Some("prom"));
         let alerts: Vec<String> = rule.data["spec"]["groups"][0]["rules"]
             .as_array()
             .expect("rules")
@@ -73,63 +59,31 @@ async fn alerts_become_a_prometheus_rule_owned_by_the_microservice_and_go_away_w
             .collect();
         assert_eq!(
             alerts,
-            [
-                "GrpcLatencyHigh",
-                "GrpcErrorRatioHigh",
-                "PodsNotReady",
-                "AutoscalerAtMaxReplicas"
-            ]
+            ["GrpcLatencyHigh", "GrpcErrorRatioHigh", "PodsNotReady", "AutoscalerAtMaxReplicas"]
         );
-        let ms = ctx
-            .wait_for_condition("orders", "PrometheusRuleReady", "True")
-            .await;
-        assert_eq!(
-            condition(&ms, "PrometheusRuleReady").expect("condition")["reason"],
-            "Applied"
-        );
+        let ms = ctx.wait_for_condition("orders", "PrometheusRuleReady", "True").await;
+        assert_eq!(condition(&ms, "PrometheusRuleReady").expect("condition")["reason"], "Applied");
 
         // A changed threshold is applied to the rule.
-        ctx.patch_microservice(
-            "orders",
-            json!({"monitoring": {"alerts": {"latencyP99ThresholdMs": 900}}}),
-        )
-        .await;
-        wait_until(
-            "the new latency threshold in the rule",
-            DEFAULT_TIMEOUT,
-            || async {
-                let rule = rules.get("orders").await.ok()?;
-                rule.data["spec"]["groups"][0]["rules"][0]["expr"]
-                    .as_str()?
-                    .ends_with("> 0.9")
-                    .then_some(())
-            },
-        )
+        ctx.patch_microservice("orders", json!({"monitoring": {"alerts": {"latencyP99ThresholdMs": 900}}}))
+            .await;
+        wait_until("the new latency threshold in the rule", DEFAULT_TIMEOUT, || async {
+            let rule = rules.get("orders").await.ok()?;
+            rule.data["spec"]["groups"][0]["rules"][0]["expr"].as_str()?.ends_with("> 0.9").then_some(())
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 
         // Alerts off: the rule is deleted, the ServiceMonitor stays.
-        ctx.patch_microservice(
-            "orders",
-            json!({"monitoring": {"alerts": {"enabled": false}}}),
-        )
-        .await;
-        wait_until(
-            "the PrometheusRule to be deleted",
-            DEFAULT_TIMEOUT,
-            || async { rules.get_opt("orders").await.ok()?.is_none().then_some(()) },
-        )
+        ctx.patch_microservice("orders", json!({"monitoring": {"alerts": {"enabled": false}}})).await;
+        wait_until("the PrometheusRule to be deleted", DEFAULT_TIMEOUT, || async {
+            rules.get_opt("orders").await.ok()?.is_none().then_some(())
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        let ms = ctx
-            .wait_for_condition("orders", "PrometheusRuleReady", "False")
-            .await;
-        assert_eq!(
-            condition(&ms, "PrometheusRuleReady").expect("condition")["reason"],
-            "NotRequested"
-        );
-        ctx.wait_for_condition("orders", "ServiceMonitorReady", "True")
-            .await;
+        let ms = ctx.wait_for_condition("orders", "PrometheusRuleReady", "False").await;
+        assert_eq!(condition(&ms, "PrometheusRuleReady").expect("condition")["reason"], "NotRequested");
+        ctx.wait_for_condition("orders", "ServiceMonitorReady", "True").await;
     })
     .await;
 }

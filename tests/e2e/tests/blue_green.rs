@@ -14,8 +14,7 @@ use std::{
 };
 
 use ferry_e2e::{
-    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition_status, in_namespace,
-    wait_until,
+    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition_status, in_namespace, wait_until,
 };
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, events::v1::Event};
 use kube::{
@@ -75,8 +74,7 @@ async fn wait_status(
     let api = ctx.microservices();
     wait_until(&format!("msvc/{name}: {what}"), DEFAULT_TIMEOUT, || async {
         let ms = api.get(name).await.ok()?;
-        let current =
-            ms.metadata.generation? == ms.data["status"]["observedGeneration"].as_i64()?;
+        let current = ms.metadata.generation? == ms.data["status"]["observedGeneration"].as_i64()?;
         (current && check(&ms.data["status"])).then_some(ms)
     })
     .await
@@ -88,17 +86,11 @@ fn phase(status: &Value) -> &str {
 }
 
 fn active_hash(status: &Value) -> String {
-    status["blueGreen"]["activeRevision"]["hash"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    status["blueGreen"]["activeRevision"]["hash"].as_str().unwrap_or_default().to_string()
 }
 
 fn preview_hash(status: &Value) -> String {
-    status["blueGreen"]["previewRevision"]["hash"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    status["blueGreen"]["previewRevision"]["hash"].as_str().unwrap_or_default().to_string()
 }
 
 fn promoted(ms: &DynamicObject) -> bool {
@@ -113,10 +105,7 @@ async fn wait_healthy(ctx: &TestContext, name: &str) -> String {
     .await;
     assert!(promoted(&ms), "Promoted condition is True when Healthy");
     let hash = active_hash(&ms.data["status"]);
-    assert_eq!(
-        active_selector(ctx, name).await.as_deref(),
-        Some(hash.as_str())
-    );
+    assert_eq!(active_selector(ctx, name).await.as_deref(), Some(hash.as_str()));
     hash
 }
 
@@ -128,22 +117,15 @@ async fn deployment(ctx: &TestContext, name: &str, hash: &str) -> Option<Deploym
 fn replicas(d: &Deployment) -> (i32, i32) {
     (
         d.spec.as_ref().and_then(|s| s.replicas).unwrap_or_default(),
-        d.status
-            .as_ref()
-            .and_then(|s| s.available_replicas)
-            .unwrap_or_default(),
+        d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or_default(),
     )
 }
 
 async fn wait_replicas(ctx: &TestContext, name: &str, hash: &str, want: i32) {
-    wait_until(
-        &format!("deployment {name}-{hash} at {want} replicas"),
-        DEFAULT_TIMEOUT,
-        || async {
-            let d = deployment(ctx, name, hash).await?;
-            (replicas(&d).0 == want).then_some(())
-        },
-    )
+    wait_until(&format!("deployment {name}-{hash} at {want} replicas"), DEFAULT_TIMEOUT, || async {
+        let d = deployment(ctx, name, hash).await?;
+        (replicas(&d).0 == want).then_some(())
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 }
@@ -168,12 +150,7 @@ async fn event_count(ctx: &TestContext, reason: &str) -> usize {
         events
             .list(&ListParams::default())
             .await
-            .map(|l| {
-                l.items
-                    .iter()
-                    .filter(|e| e.reason.as_deref() == Some(reason))
-                    .count()
-            })
+            .map(|l| l.items.iter().filter(|e| e.reason.as_deref() == Some(reason)).count())
             .unwrap_or_default()
     };
     let _ = wait_until(&format!("a {reason} Event"), DEFAULT_TIMEOUT, || async {
@@ -192,9 +169,7 @@ struct Webhook {
 
 impl Webhook {
     async fn start(status: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind webhook");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind webhook");
         let addr = listener.local_addr().expect("webhook addr");
         let code = Arc::new(AtomicU16::new(status));
         let calls = Arc::new(AtomicUsize::new(0));
@@ -207,19 +182,14 @@ impl Webhook {
                     let _ = stream.read(&mut buf).await;
                     n.fetch_add(1, Ordering::SeqCst);
                     let code = c.load(Ordering::SeqCst);
-                    let reply = format!(
-                        "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
+                    let reply =
+                        format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                     let _ = stream.write_all(reply.as_bytes()).await;
                     let _ = stream.shutdown().await;
                 });
             }
         });
-        Self {
-            url: format!("http://{addr}/check"),
-            status: code,
-            calls,
-        }
+        Self { url: format!("http://{addr}/check"), status: code, calls }
     }
 
     fn set(&self, status: u16) {
@@ -233,22 +203,13 @@ impl Webhook {
 
 #[tokio::test]
 #[ignore = "needs a cluster: make test-e2e"]
-async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_down_after_the_delay()
- {
+async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_down_after_the_delay() {
     in_namespace("bg-happy", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({})))
-            .await
-            .expect("create");
+        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         let preview: Api<Service> = ctx.api();
-        assert!(
-            preview
-                .get_opt("shop-preview")
-                .await
-                .expect("get")
-                .is_some()
-        );
+        assert!(preview.get_opt("shop-preview").await.expect("get").is_some());
 
         let started = Instant::now();
         ctx.patch_microservice("shop", version("2")).await;
@@ -259,9 +220,7 @@ async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_
             if selected == blue {
                 return None;
             }
-            let d = deployment(&ctx, "shop", &selected)
-                .await
-                .expect("green exists");
+            let d = deployment(&ctx, "shop", &selected).await.expect("green exists");
             let (want, available) = replicas(&d);
             assert!(
                 want == 2 && available >= 2,
@@ -273,11 +232,7 @@ async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_
         .unwrap_or_else(|e| panic!("{e}"));
         // Blue stays up for the scale-down delay, then goes to zero.
         let blue_d = deployment(&ctx, "shop", &blue).await.expect("blue kept");
-        assert_eq!(
-            replicas(&blue_d).0,
-            2,
-            "blue keeps its pods right after the switch"
-        );
+        assert_eq!(replicas(&blue_d).0, 2, "blue keeps its pods right after the switch");
         wait_replicas(&ctx, "shop", &blue, 0).await;
         let switched_at: k8s_openapi::jiff::Timestamp =
             service_annotation(&ctx, "shop", "ferry.dev/switched-at")
@@ -286,10 +241,7 @@ async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_
                 .parse()
                 .expect("time");
         let now = k8s_openapi::jiff::Timestamp::now();
-        assert!(
-            now.duration_since(switched_at).as_secs_f64() >= 1.0,
-            "blue scaled down before its delay"
-        );
+        assert!(now.duration_since(switched_at).as_secs_f64() >= 1.0, "blue scaled down before its delay");
         let ms = wait_status(&ctx, "shop", "Healthy on green", |s| {
             phase(s) == "Healthy" && active_hash(s) == green
         })
@@ -310,15 +262,10 @@ async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_
 async fn a_paused_rollout_waits_for_a_manual_promotion() {
     in_namespace("bg-paused", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({})))
-            .await
-            .expect("create");
+        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
-        ctx.patch_microservice(
-            "shop",
-            json!({"paused": true, "env": [{"name": "VERSION", "value": "2"}]}),
-        )
-        .await;
+        ctx.patch_microservice("shop", json!({"paused": true, "env": [{"name": "VERSION", "value": "2"}]}))
+            .await;
         let ms = wait_status(&ctx, "shop", "Paused", |s| phase(s) == "Paused").await;
         let green = preview_hash(&ms.data["status"]);
         assert!(!green.is_empty() && green != blue);
@@ -328,10 +275,7 @@ async fn a_paused_rollout_waits_for_a_manual_promotion() {
         let services: Api<Service> = ctx.api();
         let preview = services.get("shop-preview").await.expect("preview");
         assert_eq!(
-            preview
-                .spec
-                .and_then(|s| s.selector)
-                .and_then(|s| s.get(REVISION_LABEL).cloned()),
+            preview.spec.and_then(|s| s.selector).and_then(|s| s.get(REVISION_LABEL).cloned()),
             Some(green.clone())
         );
         annotate(&ctx, "shop", json!({"ferry.dev/promote": green})).await;
@@ -347,9 +291,7 @@ async fn a_green_that_never_becomes_ready_is_aborted_at_the_deadline_and_traffic
     in_namespace("bg-deadline", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
         let bg = json!({"progressDeadlineSeconds": 4, "progressDeadlineAbort": true});
-        ctx.create_microservice("shop", spec("1", bg))
-            .await
-            .expect("create");
+        ctx.create_microservice("shop", spec("1", bg)).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         ctx.patch_microservice(
             "shop",
@@ -367,8 +309,7 @@ async fn a_green_that_never_becomes_ready_is_aborted_at_the_deadline_and_traffic
                 "traffic never moves to the unready revision"
             );
             let ms = api.get("shop").await.ok()?;
-            (ms.data["status"]["blueGreen"]["aborted"]["reason"] == "ProgressDeadlineExceeded")
-                .then_some(ms)
+            (ms.data["status"]["blueGreen"]["aborted"]["reason"] == "ProgressDeadlineExceeded").then_some(ms)
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -401,10 +342,7 @@ async fn an_aborted_rollout_can_be_retried() {
         let green = preview_hash(&ms.data["status"]);
         annotate(&ctx, "shop", json!({"ferry.dev/abort": green})).await;
         let ms = wait_status(&ctx, "shop", "Aborted", |s| phase(s) == "Aborted").await;
-        assert_eq!(
-            ms.data["status"]["blueGreen"]["aborted"]["reason"],
-            "Requested"
-        );
+        assert_eq!(ms.data["status"]["blueGreen"]["aborted"]["reason"], "Requested");
         assert_eq!(active_selector(&ctx, "shop").await, Some(blue.clone()));
         wait_replicas(&ctx, "shop", &green, 0).await;
 
@@ -436,10 +374,9 @@ async fn re_applying_the_previous_spec_inside_the_scale_down_window_switches_bac
             .expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         ctx.patch_microservice("shop", version("2")).await;
-        let green = wait_status(&ctx, "shop", "switched", |s| {
-            !active_hash(s).is_empty() && active_hash(s) != blue
-        })
-        .await;
+        let green =
+            wait_status(&ctx, "shop", "switched", |s| !active_hash(s).is_empty() && active_hash(s) != blue)
+                .await;
         let green = active_hash(&green.data["status"]);
         let started = Instant::now();
         ctx.patch_microservice("shop", version("1")).await;
@@ -449,27 +386,18 @@ async fn re_applying_the_previous_spec_inside_the_scale_down_window_switches_bac
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let took = started.elapsed();
-        assert!(
-            took < Duration::from_secs(10),
-            "fast rollback took {took:?}"
-        );
+        assert!(took < Duration::from_secs(10), "fast rollback took {took:?}");
         assert_eq!(
-            service_annotation(&ctx, "shop", "ferry.dev/switch-reason")
-                .await
-                .as_deref(),
+            service_annotation(&ctx, "shop", "ferry.dev/switch-reason").await.as_deref(),
             Some("FastRollback")
         );
         // Blue was never scaled down.
         let blue_d = deployment(&ctx, "shop", &blue).await.expect("blue");
         assert_eq!(replicas(&blue_d).0, 2);
-        let ms = wait_status(&ctx, "shop", "Healthy on blue", |s| {
-            phase(s) == "Healthy" && active_hash(s) == blue
-        })
-        .await;
-        assert_eq!(
-            ms.data["status"]["blueGreen"]["previousRevision"]["hash"],
-            green.as_str()
-        );
+        let ms =
+            wait_status(&ctx, "shop", "Healthy on blue", |s| phase(s) == "Healthy" && active_hash(s) == blue)
+                .await;
+        assert_eq!(ms.data["status"]["blueGreen"]["previousRevision"]["hash"], green.as_str());
         assert!(event_count(&ctx, "FastRollback").await >= 1);
     })
     .await;
@@ -484,9 +412,7 @@ async fn a_failing_webhook_check_blocks_promotion_and_a_passing_one_allows_it() 
         let checks = json!({"prePromotionChecks": [
             {"name": "smoke", "intervalSeconds": 1, "count": 2, "webhook": {"url": hook.url}}
         ]});
-        ctx.create_microservice("shop", spec("1", checks))
-            .await
-            .expect("create");
+        ctx.create_microservice("shop", spec("1", checks)).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         assert_eq!(hook.calls(), 0, "no checks on the first revision");
 
@@ -524,9 +450,7 @@ async fn a_failing_post_promotion_check_switches_traffic_back() {
         let checks = json!({"postPromotionChecks": [
             {"name": "canary", "intervalSeconds": 1, "webhook": {"url": hook.url}}
         ]});
-        ctx.create_microservice("shop", spec("1", checks))
-            .await
-            .expect("create");
+        ctx.create_microservice("shop", spec("1", checks)).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         ctx.patch_microservice("shop", version("2")).await;
         let ms = wait_status(&ctx, "shop", "rolled back", |s| {
@@ -536,26 +460,19 @@ async fn a_failing_post_promotion_check_switches_traffic_back() {
         assert_eq!(phase(&ms.data["status"]), "Degraded");
         assert_eq!(active_selector(&ctx, "shop").await, Some(blue.clone()));
         assert_eq!(
-            service_annotation(&ctx, "shop", "ferry.dev/switch-reason")
-                .await
-                .as_deref(),
+            service_annotation(&ctx, "shop", "ferry.dev/switch-reason").await.as_deref(),
             Some("RollBack")
         );
         assert_eq!(event_count(&ctx, "RolledBack").await, 1);
         let blue_d = deployment(&ctx, "shop", &blue).await.expect("blue");
-        assert_eq!(
-            replicas(&blue_d).0,
-            2,
-            "blue was kept up during the post-promotion check"
-        );
+        assert_eq!(replicas(&blue_d).0, 2, "blue was kept up during the post-promotion check");
     })
     .await;
 }
 
 #[tokio::test]
 #[ignore = "needs a cluster: make test-e2e"]
-async fn an_operator_killed_at_each_phase_finishes_the_rollout_after_restart_without_a_second_switch()
- {
+async fn an_operator_killed_at_each_phase_finishes_the_rollout_after_restart_without_a_second_switch() {
     in_namespace("bg-kill", |ctx: TestContext| async move {
         let hook = Webhook::start(200).await;
         let bg = json!({
@@ -629,9 +546,7 @@ async fn an_operator_killed_at_each_phase_finishes_the_rollout_after_restart_wit
 async fn deleting_a_microservice_mid_rollout_leaves_no_revision_behind() {
     in_namespace("bg-delete", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({})))
-            .await
-            .expect("create");
+        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
         wait_healthy(&ctx, "shop").await;
         ctx.patch_microservice(
             "shop",
@@ -643,27 +558,16 @@ async fn deleting_a_microservice_mid_rollout_leaves_no_revision_behind() {
         .await;
         let ms = wait_status(&ctx, "shop", "rolling out", |s| !preview_hash(s).is_empty()).await;
         let green = preview_hash(&ms.data["status"]);
-        wait_until("green exists", DEFAULT_TIMEOUT, || async {
-            deployment(&ctx, "shop", &green).await
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        ctx.microservices()
-            .delete("shop", &DeleteParams::foreground())
+        wait_until("green exists", DEFAULT_TIMEOUT, || async { deployment(&ctx, "shop", &green).await })
             .await
-            .expect("delete");
+            .unwrap_or_else(|e| panic!("{e}"));
+        ctx.microservices().delete("shop", &DeleteParams::foreground()).await.expect("delete");
         let deployments: Api<Deployment> = ctx.api();
         let services: Api<Service> = ctx.api();
         let selector = "ferry.dev/microservice=shop";
         wait_until("no revision or Service left", DEFAULT_TIMEOUT, || async {
-            let d = deployments
-                .list(&ListParams::default().labels(selector))
-                .await
-                .ok()?;
-            let s = services
-                .list(&ListParams::default().labels(selector))
-                .await
-                .ok()?;
+            let d = deployments.list(&ListParams::default().labels(selector)).await.ok()?;
+            let s = services.list(&ListParams::default().labels(selector)).await.ok()?;
             (d.items.is_empty() && s.items.is_empty()).then_some(())
         })
         .await
@@ -681,10 +585,7 @@ async fn the_autoscalers_replica_count_survives_the_rollout_and_green_starts_at_
         if let Some(o) = s.as_object_mut() {
             o.remove("replicas");
             o.insert("resources".into(), json!({"requests": {"cpu": "100m"}}));
-            o.insert(
-                "autoscaling".into(),
-                json!({"minReplicas": 2, "maxReplicas": 8}),
-            );
+            o.insert("autoscaling".into(), json!({"minReplicas": 2, "maxReplicas": 8}));
         }
         ctx.create_microservice("shop", s).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
@@ -708,20 +609,12 @@ async fn the_autoscalers_replica_count_survives_the_rollout_and_green_starts_at_
         let ms = wait_status(&ctx, "shop", "Paused", |s| phase(s) == "Paused").await;
         let green = preview_hash(&ms.data["status"]);
         let green_d = deployment(&ctx, "shop", &green).await.expect("green");
-        assert_eq!(
-            replicas(&green_d).0,
-            4,
-            "green starts at the autoscaler's count"
-        );
+        assert_eq!(replicas(&green_d).0, 4, "green starts at the autoscaler's count");
         // A scale change during the rollout goes to green, never to blue.
         scale(5).await;
         wait_replicas(&ctx, "shop", &green, 5).await;
         let blue_d = deployment(&ctx, "shop", &blue).await.expect("blue");
-        assert_eq!(
-            replicas(&blue_d).0,
-            4,
-            "blue keeps its count during the rollout"
-        );
+        assert_eq!(replicas(&blue_d).0, 4, "blue keeps its count during the rollout");
         annotate(&ctx, "shop", json!({"ferry.dev/promote": green})).await;
         let ms = wait_status(&ctx, "shop", "Healthy on green", |s| {
             phase(s) == "Healthy" && active_hash(s) == green
@@ -765,51 +658,293 @@ async fn switching_between_rolling_update_and_blue_green_keeps_a_selector_and_cl
             let hash = selector.get(REVISION_LABEL)?.clone();
             let d = deployment(&ctx, "shop", &hash).await?;
             let (want, available) = replicas(&d);
-            assert!(
-                available >= want && want == 2,
-                "switched to an unavailable revision"
-            );
+            assert!(available >= want && want == 2, "switched to an unavailable revision");
             Some(hash)
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         wait_until("the plain Deployment is gone", DEFAULT_TIMEOUT, || async {
-            deployments
-                .get_opt("shop")
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
+            deployments.get_opt("shop").await.ok()?.is_none().then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(wait_healthy(&ctx, "shop").await, active);
 
         // Back to a rolling update: the revisions and the preview Service go once it is available.
-        ctx.patch_microservice(
-            "shop",
-            json!({"strategy": {"type": "RollingUpdate", "blueGreen": null}}),
-        )
-        .await;
+        ctx.patch_microservice("shop", json!({"strategy": {"type": "RollingUpdate", "blueGreen": null}}))
+            .await;
         let selector = "ferry.dev/microservice=shop";
-        wait_until(
-            "only the plain Deployment and Service left",
-            DEFAULT_TIMEOUT,
-            || async {
-                let d = deployments
-                    .list(&ListParams::default().labels(selector))
-                    .await
-                    .ok()?;
-                let names: Vec<_> = d.items.iter().map(|d| d.name_any()).collect();
-                let preview = services.get_opt("shop-preview").await.ok()?;
-                (names == ["shop"] && preview.is_none()).then_some(())
-            },
-        )
+        wait_until("only the plain Deployment and Service left", DEFAULT_TIMEOUT, || async {
+            let d = deployments.list(&ListParams::default().labels(selector)).await.ok()?;
+            let names: Vec<_> = d.items.iter().map(|d| d.name_any()).collect();
+            let preview = services.get_opt("shop-preview").await.ok()?;
+            (names == ["shop"] && preview.is_none()).then_some(())
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let ms = ctx.wait_for_condition("shop", "Available", "True").await;
         assert!(ms.data["status"]["blueGreen"].is_null());
         assert_eq!(ms.data["status"]["selector"], "ferry.dev/microservice=shop");
+    })
+    .await;
+}
+
+/// Removes the active Service's `ferry.dev/active-revision` annotation, as `kubectl annotate svc
+/// NAME ferry.dev/active-revision-` does.
+async fn drop_active_annotation(ctx: &TestContext, name: &str) {
+    let services: Api<Service> = ctx.api();
+    services
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/active-revision": null}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("remove the active-revision annotation of svc/{name}: {e}"));
+}
+
+/// How the active Service is tampered with.
+#[derive(Clone, Copy, Debug)]
+enum Tamper {
+    /// `kubectl delete svc NAME`.
+    Delete,
+    /// `kubectl annotate svc NAME ferry.dev/active-revision-`.
+    RemoveAnnotation,
+}
+
+/// Tampers with the active Service and waits for the operator's answer: the revision the first
+/// rewrite of the Service selects.
+async fn tamper_and_wait(ctx: &TestContext, how: Tamper) -> String {
+    let services: Api<Service> = ctx.api();
+    let before = services.get("shop").await.expect("svc");
+    match how {
+        Tamper::Delete => {
+            services.delete("shop", &DeleteParams::default()).await.expect("delete the active Service");
+        }
+        Tamper::RemoveAnnotation => drop_active_annotation(ctx, "shop").await,
+    }
+    // The first Service the operator writes afterwards is its decision.
+    let answer = wait_until(&format!("the operator's answer to {how:?}"), DEFAULT_TIMEOUT, || async {
+        let svc = services.get_opt("shop").await.ok()??;
+        let rewritten = match how {
+            Tamper::Delete => svc.uid() != before.uid(),
+            Tamper::RemoveAnnotation => svc.annotations().contains_key("ferry.dev/active-revision"),
+        };
+        rewritten.then_some(svc)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let selected =
+        answer.spec.and_then(|s| s.selector).and_then(|s| s.get(REVISION_LABEL).cloned()).unwrap_or_default();
+    let annotated = answer
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("ferry.dev/active-revision")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(selected, annotated, "selector and annotation agree after {how:?}");
+    selected
+}
+
+/// Tampers with the active Service in both ways, in the given order, while a rollout of v2 waits
+/// (paused with a ready v2, or with a v2 that never becomes ready), and checks that the operator
+/// puts the Service back on v1, the revision the status records as promoted, and never scales v1
+/// down.
+async fn the_active_service_is_restored_to_the_promoted_revision(
+    ctx: TestContext,
+    ready: bool,
+    order: [Tamper; 2],
+) {
+    let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+    ctx.create_microservice("shop", spec("1", json!({"autoPromotionEnabled": false}))).await.expect("create");
+    let blue = wait_healthy(&ctx, "shop").await;
+    let mut v2 = version("2");
+    if !ready {
+        v2["pod"] = json!({"annotations": {"e2e.ferry.dev/never-ready": "true"}});
+    }
+    ctx.patch_microservice("shop", v2).await;
+    let waiting = if ready { "Paused" } else { "Progressing" };
+    let ms = wait_status(&ctx, "shop", waiting, |s| phase(s) == waiting && !preview_hash(s).is_empty()).await;
+    let green = preview_hash(&ms.data["status"]);
+    wait_until("green's Deployment", DEFAULT_TIMEOUT, || async { deployment(&ctx, "shop", &green).await })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    for how in order {
+        let selected = tamper_and_wait(&ctx, how).await;
+        assert_eq!(
+            selected, blue,
+            "after {how:?} the Service selects the promoted revision, not the unpromoted {green}"
+        );
+        let blue_d = deployment(&ctx, "shop", &blue).await.expect("blue");
+        assert_eq!(replicas(&blue_d).0, 2, "blue keeps its pods after {how:?}");
+    }
+    let ms = wait_status(&ctx, "shop", "still waiting on green", |s| phase(s) == waiting).await;
+    assert!(!promoted(&ms), "status: {}", ms.data["status"]);
+    assert_eq!(active_hash(&ms.data["status"]), blue);
+    assert_eq!(preview_hash(&ms.data["status"]), green);
+    assert_eq!(active_selector(&ctx, "shop").await, Some(blue.clone()));
+
+    if ready {
+        // The rollout still finishes normally once promoted.
+        annotate(&ctx, "shop", json!({"ferry.dev/promote": green})).await;
+        ctx.wait_for_condition("shop", "Promoted", "True").await;
+        assert_eq!(active_selector(&ctx, "shop").await, Some(green));
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn deleting_or_unannotating_the_active_service_of_a_paused_rollout_keeps_traffic_on_the_promoted_revision()
+ {
+    in_namespace("bg-svc-restore", |ctx: TestContext| async move {
+        the_active_service_is_restored_to_the_promoted_revision(
+            ctx,
+            true,
+            [Tamper::Delete, Tamper::RemoveAnnotation],
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn deleting_or_unannotating_the_active_service_never_moves_traffic_to_a_revision_that_is_not_ready() {
+    in_namespace("bg-svc-restore-unready", |ctx: TestContext| async move {
+        the_active_service_is_restored_to_the_promoted_revision(
+            ctx,
+            false,
+            [Tamper::RemoveAnnotation, Tamper::Delete],
+        )
+        .await;
+    })
+    .await;
+}
+
+/// A hand edit of a revision Deployment: another replica count and another image.
+async fn edit_revision_by_hand(ctx: &TestContext, name: &str, replicas: i32, image: &str) {
+    let deployments: Api<Deployment> = ctx.api();
+    deployments
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {
+                "replicas": replicas,
+                "template": {"spec": {"containers": [{"name": "shop", "image": image}]}}
+            }})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("edit deployment/{name} by hand: {e}"));
+}
+
+fn image_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until revision `hash` runs `replicas` pods of [`PAUSE_IMAGE`] again.
+async fn wait_repaired(ctx: &TestContext, hash: &str, replicas: i32) {
+    wait_until(
+        &format!("revision {hash} repaired to {replicas} replicas of {PAUSE_IMAGE}"),
+        DEFAULT_TIMEOUT,
+        || async {
+            let d = deployment(ctx, "shop", hash).await?;
+            let want = d.spec.as_ref().and_then(|s| s.replicas);
+            (want == Some(replicas) && image_of(&d) == PAUSE_IMAGE).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn revision_deployments_scaled_or_re_imaged_by_hand_are_repaired_mid_rollout_and_after() {
+    in_namespace("bg-drift", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        ctx.create_microservice("shop", spec("1", json!({"autoPromotionEnabled": false})))
+            .await
+            .expect("create");
+        let blue = wait_healthy(&ctx, "shop").await;
+
+        // The serving revision of a healthy MicroService.
+        edit_revision_by_hand(&ctx, &format!("shop-{blue}"), 6, "registry.k8s.io/pause:3.9").await;
+        wait_repaired(&ctx, &blue, 2).await;
+
+        // Mid-rollout: the active revision (not the current spec's) and the preview revision.
+        ctx.patch_microservice("shop", version("2")).await;
+        let ms = wait_status(&ctx, "shop", "Paused", |s| phase(s) == "Paused").await;
+        let green = preview_hash(&ms.data["status"]);
+        edit_revision_by_hand(&ctx, &format!("shop-{blue}"), 5, "registry.k8s.io/pause:3.9").await;
+        edit_revision_by_hand(&ctx, &format!("shop-{green}"), 4, "registry.k8s.io/pause:3.8").await;
+        wait_repaired(&ctx, &blue, 2).await;
+        wait_repaired(&ctx, &green, 2).await;
+        assert_eq!(active_selector(&ctx, "shop").await, Some(blue.clone()));
+
+        annotate(&ctx, "shop", json!({"ferry.dev/promote": green})).await;
+        let ms = wait_status(&ctx, "shop", "Healthy on green", |s| {
+            phase(s) == "Healthy" && active_hash(s) == green
+        })
+        .await;
+        assert!(promoted(&ms));
+        wait_repaired(&ctx, &green, 2).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: make test-e2e"]
+async fn a_new_revision_that_a_quota_keeps_from_starting_pods_is_degraded_with_the_quota_message() {
+    in_namespace("bg-quota", |ctx: TestContext| async move {
+        let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
+        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
+        let blue = wait_healthy(&ctx, "shop").await;
+        // Room for blue's two pods and nothing more.
+        let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = ctx.api();
+        let quota = serde_json::from_value(json!({
+            "metadata": {"name": "pods"},
+            "spec": {"hard": {"pods": "2"}}
+        }))
+        .expect("quota");
+        quotas.create(&Default::default(), &quota).await.expect("create the quota");
+        wait_until("the quota counts blue's pods", DEFAULT_TIMEOUT, || async {
+            let q = quotas.get("pods").await.ok()?;
+            let used = q.status?.used?.get("pods")?.0.clone();
+            (used == "2").then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+        ctx.patch_microservice("shop", version("2")).await;
+        let ms = wait_status(&ctx, "shop", "Degraded with ReplicaFailure", |s| {
+            s["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == "ReplicaFailure"
+                })
+            })
+        })
+        .await;
+        let degraded = ferry_e2e::condition(&ms, "Degraded").expect("Degraded").clone();
+        let message = degraded["message"].as_str().unwrap_or_default();
+        let green = preview_hash(&ms.data["status"]);
+        assert!(message.contains("exceeded quota"), "{message}");
+        assert!(message.contains(&green), "the message names the revision: {message}");
+        assert_eq!(phase(&ms.data["status"]), "Degraded");
+        assert_eq!(active_selector(&ctx, "shop").await, Some(blue.clone()));
+
+        // Room again: the rollout finishes and the condition clears.
+        quotas.delete("pods", &DeleteParams::default()).await.expect("delete the quota");
+        let ms = wait_status(&ctx, "shop", "Healthy on green", |s| {
+            phase(s) == "Healthy" && active_hash(s) == green
+        })
+        .await;
+        assert_eq!(condition_status(&ms, "Degraded").as_deref(), Some("False"));
     })
     .await;
 }

@@ -13,6 +13,7 @@ use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
     core::v1::Pod,
 };
+use kube::api::DynamicObject;
 use kube::{Api, ResourceExt, api::ListParams};
 use serde_json::Value;
 
@@ -100,6 +101,10 @@ async fn the_default_chart_renders_only_the_core_objects_and_the_server_accepts_
                 "RoleBinding",
                 "Service",
                 "ServiceAccount",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+                "ValidatingAdmissionPolicyBinding",
             ],
             "the default install renders the core objects and nothing optional"
         );
@@ -124,47 +129,23 @@ async fn the_chart_with_every_optional_part_renders_them_all_and_the_server_acce
         let rendered = render(&release, &ctx.namespace, &args);
         let found = kinds(&rendered);
         for kind in ["ServiceMonitor", "PrometheusRule", "NetworkPolicy"] {
-            assert!(
-                found.iter().any(|k| k == kind),
-                "{kind} is rendered when asked for: {found:?}"
-            );
+            assert!(found.iter().any(|k| k == kind), "{kind} is rendered when asked for: {found:?}");
         }
         let docs = tools::yaml_documents(&rendered);
         let dashboard = docs
             .iter()
-            .find(|d| {
-                d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1"
-            })
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["labels"]["grafana_dashboard"] == "1")
             .expect("the Grafana dashboard ConfigMap, labelled for the sidecar");
         let json: Value = serde_json::from_str(
-            dashboard["data"]["ferry-microservices.json"]
-                .as_str()
-                .expect("dashboard JSON"),
+            dashboard["data"]["ferry-microservices.json"].as_str().expect("dashboard JSON"),
         )
         .expect("the dashboard is valid JSON");
-        let titles: Vec<&str> = json["panels"]
-            .as_array()
-            .expect("panels")
-            .iter()
-            .filter_map(|p| p["title"].as_str())
-            .collect();
-        for wanted in [
-            "Request rate",
-            "Error ratio",
-            "p50",
-            "p99",
-            "Replicas",
-            "rollout phase",
-        ] {
-            assert!(
-                titles.iter().any(|t| t.contains(wanted)),
-                "a panel for {wanted}: {titles:?}"
-            );
+        let titles: Vec<&str> =
+            json["panels"].as_array().expect("panels").iter().filter_map(|p| p["title"].as_str()).collect();
+        for wanted in ["Request rate", "Error ratio", "p50", "p99", "Replicas", "rollout phase"] {
+            assert!(titles.iter().any(|t| t.contains(wanted)), "a panel for {wanted}: {titles:?}");
         }
-        let deployment = docs
-            .iter()
-            .find(|d| d["kind"] == "Deployment")
-            .expect("a Deployment");
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
         assert_eq!(deployment["spec"]["replicas"], 2);
         let container_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
             .as_array()
@@ -172,10 +153,7 @@ async fn the_chart_with_every_optional_part_renders_them_all_and_the_server_acce
             .iter()
             .filter_map(Value::as_str)
             .collect::<Vec<_>>();
-        assert!(
-            container_args.contains(&"--leader-election=true"),
-            "{container_args:?}"
-        );
+        assert!(container_args.contains(&"--leader-election=true"), "{container_args:?}");
         assert!(
             container_args.contains(&format!("--namespace={}", ctx.namespace).as_str()),
             "{container_args:?}"
@@ -199,9 +177,7 @@ async fn monitoring_objects_asked_for_are_left_out_when_their_crds_are_not_serve
         let rendered = render(&release, &ctx.namespace, ALL_OPTIONAL_PARTS);
         let found = kinds(&rendered);
         assert!(
-            !found
-                .iter()
-                .any(|k| k == "ServiceMonitor" || k == "PrometheusRule"),
+            !found.iter().any(|k| k == "ServiceMonitor" || k == "PrometheusRule"),
             "nothing from monitoring.coreos.com is rendered: {found:?}"
         );
         server_dry_run(&ctx.namespace, &rendered);
@@ -223,11 +199,135 @@ fn can_i(kubeconfig: &str, namespace: &str, verb: &str, resource: &str) -> bool 
     match out.status.code() {
         Some(0) => true,
         Some(1) => false,
-        _ => panic!(
-            "kubectl auth can-i {verb} {resource}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        _ => panic!("kubectl auth can-i {verb} {resource}: {}", String::from_utf8_lossy(&out.stderr)),
     }
+}
+
+/// Every pod the operator's Deployments asked for was admitted (under `restricted`), and no
+/// ReplicaSet reports a failure to create one.
+async fn every_pod_the_deployments_asked_for_was_admitted(ctx: &TestContext) {
+    let deployments: Api<Deployment> = ctx.api();
+    let pods: Api<Pod> = ctx.api();
+    let replica_sets: Api<ReplicaSet> = ctx.api();
+    for d in deployments
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=ferry-operator"))
+        .await
+        .expect("list deployments")
+    {
+        let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let selector = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let admitted =
+            pods.list(&ListParams::default().labels(&selector)).await.expect("list pods").items.len();
+        assert_eq!(admitted as i32, wanted, "deployment/{} wants {wanted} pods", d.name_any());
+    }
+    for rs in replica_sets.list(&ListParams::default()).await.expect("list replicasets") {
+        let failures: Vec<_> = rs
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ == "ReplicaFailure")
+            .map(|c| c.message.unwrap_or_default())
+            .collect();
+        assert!(failures.is_empty(), "replicaset/{}: {failures:?}", rs.metadata.name.unwrap_or_default());
+    }
+}
+
+/// `kubectl create --dry-run=server` (admission runs, nothing is stored) of `object` as the identity
+/// of `kubeconfig`: `Ok` when admitted, else the error text.
+fn dry_run_create(kubeconfig: &str, object: &Value) -> Result<(), String> {
+    let out = tools::run(
+        "kubectl",
+        &["create", "--dry-run=server", "-o", "name", "-f", "-"],
+        Some(&object.to_string()),
+        &[("KUBECONFIG", kubeconfig)],
+    );
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+}
+
+/// A Deployment mounting a Secret, as an attacker holding the operator's token would create it.
+fn secret_reading_deployment(namespace: &str, owner: Option<&DynamicObject>) -> Value {
+    let mut d = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "stolen-token", "namespace": namespace},
+        "spec": {
+            "selector": {"matchLabels": {"app": "stolen"}},
+            "template": {
+                "metadata": {"labels": {"app": "stolen"}},
+                "spec": {
+                    "containers": [{"name": "c", "image": ferry_e2e::PAUSE_IMAGE,
+                                    "volumeMounts": [{"name": "s", "mountPath": "/s"}]}],
+                    "volumes": [{"name": "s", "secret": {"secretName": "any"}}]
+                }
+            }
+        }
+    });
+    if let Some(ms) = owner {
+        d["metadata"]["ownerReferences"] = serde_json::json!([{
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "MicroService", "name": ms.name_any(),
+            "uid": ms.uid().unwrap_or_default(), "controller": true
+        }]);
+    }
+    d
+}
+
+/// With the operator's token: a Deployment in kube-system (even one claiming a MicroService owner),
+/// a Deployment without a MicroService owner, and a change of a MicroService's image are refused
+/// by the chart's admission policy, though the RBAC allows each.
+async fn the_admission_policy_refuses_what_the_operator_never_writes(ctx: &TestContext, kubeconfig: &str) {
+    let order = ctx.microservices().get("order").await.expect("msvc/order");
+    let cases = [
+        (
+            "a Deployment in kube-system",
+            secret_reading_deployment("kube-system", Some(&order)),
+            "protected namespace",
+        ),
+        (
+            "a Deployment without a MicroService owner",
+            secret_reading_deployment(&ctx.namespace, None),
+            "controlled by a MicroService",
+        ),
+    ];
+    for (what, object, reason) in cases {
+        // NB: a new policy takes effect once the API server's informer has it: wait for it.
+        let refusal = wait_until(&format!("{what} refused"), Duration::from_secs(30), || async {
+            dry_run_create(kubeconfig, &object).err()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: the operator's token may still create it"));
+        assert!(
+            refusal.contains("ValidatingAdmissionPolicy") && refusal.contains(reason),
+            "{what}: {refusal}"
+        );
+    }
+    // The operator patches MicroServices only to seed spec.replicas.
+    let out = tools::run(
+        "kubectl",
+        &[
+            "patch",
+            "msvc",
+            "order",
+            "-n",
+            &ctx.namespace,
+            "--dry-run=server",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"image":"registry.k8s.io/pause:3.9"}}"#,
+        ],
+        None,
+        &[("KUBECONFIG", kubeconfig)],
+    );
+    let refusal = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && refusal.contains("only spec.replicas"), "{refusal}");
 }
 
 /// What the operator does, by (verb, resource[/subresource]).
@@ -248,6 +348,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "events.events.k8s.io"),
     ("update", "leases.coordination.k8s.io"),
+    ("watch", "leases.coordination.k8s.io"),
 ];
 
 /// What it must never be able to do.
@@ -275,49 +376,25 @@ const DENIED: &[(&str, &str)] = &[
 fn cluster_scoped_objects_of(release: &str) -> String {
     let kinds = tools::run_ok(
         "kubectl",
-        &[
-            "api-resources",
-            "--namespaced=false",
-            "--verbs=list",
-            "-o",
-            "name",
-        ],
+        &["api-resources", "--namespaced=false", "--verbs=list", "-o", "name"],
         None,
         &[],
     );
-    let kinds = kinds
-        .lines()
-        .filter(|k| !k.is_empty())
-        .collect::<Vec<_>>()
-        .join(",");
+    let kinds = kinds.lines().filter(|k| !k.is_empty()).collect::<Vec<_>>().join(",");
     let selector = format!("app.kubernetes.io/instance={release}");
-    tools::run_ok(
-        "kubectl",
-        &[
-            "get",
-            &kinds,
-            "-l",
-            &selector,
-            "-o",
-            "name",
-            "--ignore-not-found",
-        ],
-        None,
-        &[],
-    )
+    tools::run_ok("kubectl", &["get", &kinds, "-l", &selector, "-o", "name", "--ignore-not-found"], None, &[])
 }
 
 #[tokio::test]
 #[ignore = "needs a cluster: make test-e2e"]
 async fn the_operator_under_the_charts_service_account_brings_the_shop_up_and_uninstall_leaves_only_the_crds()
- {
+{
     in_namespace("chart-shop", |ctx: TestContext| async move {
         let ns = ctx.namespace.clone();
         let release = format!("ferry-{}", unique_suffix());
-        // Scoped to this namespace, as the operator process below is: a RoleBinding here and the
-        // cluster-wide CRD read are all it gets.
-        let watch = format!("watchNamespace={ns}");
-        let mut helm = tools::HelmRelease::install(&release, &ns, &["--set", &watch]);
+        // The default values: the RBAC is bound cluster-wide, so only the chart's admission policy
+        // keeps the account out of other namespaces' objects.
+        let mut helm = tools::HelmRelease::install(&release, &ns, &[]);
         let account = helm.service_account();
         let kubeconfig = tools::ServiceAccountKubeconfig::create(&ns, &account);
 
@@ -332,12 +409,7 @@ async fn the_operator_under_the_charts_service_account_brings_the_shop_up_and_un
 
         // The shop, as the example ships it, moved into this test's namespace
         // (which enforces the restricted Pod Security level too).
-        tools::run_ok(
-            "kubectl",
-            &["apply", "-n", &ns, "-f", "-"],
-            Some(&tools::shop_manifests_in(&ns)),
-            &[],
-        );
+        tools::run_ok("kubectl", &["apply", "-n", &ns, "-f", "-"], Some(&tools::shop_manifests_in(&ns)), &[]);
         let api = ctx.microservices();
         for name in ["inventory", "order"] {
             wait_until(
@@ -354,84 +426,26 @@ async fn the_operator_under_the_charts_service_account_brings_the_shop_up_and_un
 
         // Their optional children too: the ServiceMonitors and the alerts' PrometheusRules.
         for name in ["inventory", "order"] {
-            ctx.wait_for_condition(name, "ServiceMonitorReady", "True")
-                .await;
-            ctx.wait_for_condition(name, "PrometheusRuleReady", "True")
-                .await;
+            ctx.wait_for_condition(name, "ServiceMonitorReady", "True").await;
+            ctx.wait_for_condition(name, "PrometheusRuleReady", "True").await;
         }
 
-        // Every pod the Deployments asked for was admitted under `restricted`.
-        let deployments: Api<Deployment> = ctx.api();
-        let pods: Api<Pod> = ctx.api();
-        let replica_sets: Api<ReplicaSet> = ctx.api();
-        for d in deployments
-            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=ferry-operator"))
-            .await
-            .expect("list deployments")
-        {
-            let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-            let selector = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.selector.match_labels.clone())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let admitted = pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .expect("list pods")
-                .items
-                .len();
-            assert_eq!(
-                admitted as i32,
-                wanted,
-                "deployment/{} wants {wanted} pods",
-                d.name_any()
-            );
-        }
-        for rs in replica_sets
-            .list(&ListParams::default())
-            .await
-            .expect("list replicasets")
-        {
-            let failures: Vec<_> = rs
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.type_ == "ReplicaFailure")
-                .map(|c| c.message.unwrap_or_default())
-                .collect();
-            assert!(
-                failures.is_empty(),
-                "replicaset/{}: {failures:?}",
-                rs.metadata.name.unwrap_or_default()
-            );
-        }
+        every_pod_the_deployments_asked_for_was_admitted(&ctx).await;
 
         // A rule the operator lacks shows up as a 403 in its log even when the
         // shop converged (events, optional children).
         let log = operator.log_text();
-        let forbidden: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
-            .collect();
-        assert!(
-            forbidden.is_empty(),
-            "the operator was refused something:\n{}",
-            forbidden.join("\n")
-        );
+        let forbidden: Vec<&str> =
+            log.lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden")).collect();
+        assert!(forbidden.is_empty(), "the operator was refused something:\n{}", forbidden.join("\n"));
         drop(operator);
+
+        // With the operator's own token: what RBAC allows but the admission policy must not.
+        the_admission_policy_refuses_what_the_operator_never_writes(&ctx, kubeconfig.as_str()).await;
 
         helm.uninstall();
         let leftovers = cluster_scoped_objects_of(&release);
-        assert!(
-            leftovers.trim().is_empty(),
-            "helm uninstall left cluster-scoped objects: {leftovers}"
-        );
+        assert!(leftovers.trim().is_empty(), "helm uninstall left cluster-scoped objects: {leftovers}");
     })
     .await;
 }

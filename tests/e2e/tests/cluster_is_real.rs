@@ -80,21 +80,12 @@ async fn a_deployment_reaches_three_ready_replicas_on_the_fake_nodes() {
             })
             .filter_map(|n| n.metadata.name)
             .collect();
-        assert!(
-            ready_nodes.len() >= 2,
-            "expected at least two Ready nodes, got {ready_nodes:?}"
-        );
-        let list = pods
-            .list(&ListParams::default().labels("app=web"))
-            .await
-            .expect("list pods");
+        assert!(ready_nodes.len() >= 2, "expected at least two Ready nodes, got {ready_nodes:?}");
+        let list = pods.list(&ListParams::default().labels("app=web")).await.expect("list pods");
         assert_eq!(list.items.len(), 3);
         for pod in list.items {
             let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
-            assert!(
-                ready_nodes.contains(&node),
-                "pod bound to {node:?}, not a Ready node"
-            );
+            assert!(ready_nodes.contains(&node), "pod bound to {node:?}, not a Ready node");
         }
     })
     .await;
@@ -105,20 +96,13 @@ async fn a_deployment_reaches_three_ready_replicas_on_the_fake_nodes() {
 async fn a_service_account_without_a_role_binding_is_forbidden() {
     in_namespace("rbac-forbidden", |ctx: TestContext| async move {
         let accounts: Api<ServiceAccount> = ctx.api();
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
-        accounts
-            .create(&PostParams::default(), &sa)
-            .await
-            .expect("create sa");
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
+        accounts.create(&PostParams::default(), &sa).await.expect("create sa");
 
         // A real token from the TokenRequest API, signed by the apiserver's
         // ServiceAccount key, authenticates as the account...
         let request = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                expiration_seconds: Some(600),
-                ..Default::default()
-            }),
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(600), ..Default::default() }),
             ..Default::default()
         };
         let token = accounts
@@ -131,10 +115,7 @@ async fn a_service_account_without_a_role_binding_is_forbidden() {
             .expect("token");
 
         let mut config = Config::infer().await.expect("kubeconfig");
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(token.into()),
-            ..Default::default()
-        };
+        config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
         let as_nobody = Client::try_from(config).expect("client");
 
         // ...and RBAC, with no binding for it, denies the list.
@@ -143,9 +124,7 @@ async fn a_service_account_without_a_role_binding_is_forbidden() {
             Err(kube::Error::Api(status)) => {
                 assert_eq!(status.code, 403, "expected 403 Forbidden, got {status:?}");
                 assert!(
-                    status
-                        .message
-                        .contains(&format!("system:serviceaccount:{}:nobody", ctx.namespace)),
+                    status.message.contains(&format!("system:serviceaccount:{}:nobody", ctx.namespace)),
                     "the denial names the account: {}",
                     status.message
                 );
@@ -219,12 +198,8 @@ async fn a_crd_validation_rule_rejects_a_bad_object_with_its_message() {
 async fn deleting_an_owner_garbage_collects_its_dependents() {
     in_namespace("gc", |ctx: TestContext| async move {
         let maps: Api<ConfigMap> = ctx.api();
-        let owner: ConfigMap =
-            serde_json::from_value(json!({"metadata": {"name": "owner"}})).expect("owner");
-        let owner = maps
-            .create(&PostParams::default(), &owner)
-            .await
-            .expect("create owner");
+        let owner: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owner"}})).expect("owner");
+        let owner = maps.create(&PostParams::default(), &owner).await.expect("create owner");
         let owner_ref = OwnerReference {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
@@ -237,13 +212,9 @@ async fn deleting_an_owner_garbage_collects_its_dependents() {
             serde_json::from_value(json!({"metadata": {"name": "dependent"}, "data": {"k": "v"}}))
                 .expect("dep");
         dependent.metadata.owner_references = Some(vec![owner_ref]);
-        maps.create(&PostParams::default(), &dependent)
-            .await
-            .expect("create dependent");
+        maps.create(&PostParams::default(), &dependent).await.expect("create dependent");
 
-        maps.delete("owner", &DeleteParams::background())
-            .await
-            .expect("delete owner");
+        maps.delete("owner", &DeleteParams::background()).await.expect("delete owner");
 
         // kube-controller-manager's garbage collector removes the dependent.
         wait_until("the dependent to be collected", DEFAULT_TIMEOUT, || async {

@@ -1,12 +1,13 @@
-//! The shop on real pods: the real node of `NODE=real make cluster-up`
-//! (containerd, kubelet, kube-proxy, CoreDNS in a network namespace), the
-//! operator installed by its chart and running as a pod with in-cluster config,
-//! order and inventory as pods under the `restricted` Pod Security level.
+//! The shop on real pods: kind's node (`make kind-up`, tests/e2e/kind/), the
+//! operator installed by its chart and running as a pod with in-cluster
+//! config, order and inventory as pods under the `restricted` Pod Security
+//! level, both on the kind tier's PostgreSQL.
 //!
 //! `tests/e2e/run.sh` runs this file in its phase 3, inside the node's network
-//! namespace, one test at a time (they measure traffic; parallel tests would
-//! share two cores and blur each other's numbers). Runtime: about 4 minutes,
-//! plus the image build (tests/e2e/images/build.sh) and the node's start (15 s).
+//! namespace (`tests/e2e/kind/kind.sh netns`), one test at a time (they measure
+//! traffic; parallel tests would share two cores and blur each other's
+//! numbers). Runtime: about 4 minutes, plus the image build
+//! (tests/e2e/images/build.sh) and `make kind-up`.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt, api::DeleteParams};
 
 async fn shop(ctx: &TestContext, options: ShopOptions, stock: i64) -> tools::HelmRelease {
-    shop::require_real_node();
+    shop::require_real_pods();
     shop::wait_for_a_quiet_node(ctx).await;
     shop::deploy(ctx, &options, stock).await
 }
@@ -30,9 +31,8 @@ async fn stock(ctx: &TestContext) -> i64 {
 }
 
 #[tokio::test]
-#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
-async fn the_shop_runs_on_real_pods_behind_generated_grpc_probes_and_an_order_reaches_inventory_by_dns()
- {
+#[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
+async fn the_shop_runs_on_real_pods_behind_generated_grpc_probes_and_an_order_reaches_inventory_by_dns() {
     in_namespace("real-shop", |ctx| async move {
         let _release = shop(&ctx, ShopOptions::default(), 100).await;
 
@@ -52,20 +52,13 @@ async fn the_shop_runs_on_real_pods_behind_generated_grpc_probes_and_an_order_re
                     ("liveness", &container.liveness_probe),
                 ] {
                     let grpc = probe.as_ref().and_then(|p| p.grpc.as_ref());
-                    assert!(
-                        grpc.is_some(),
-                        "{}: {kind} probe is not gRPC",
-                        pod.name_any()
-                    );
+                    assert!(grpc.is_some(), "{}: {kind} probe is not gRPC", pod.name_any());
                 }
             }
         }
         // Order finds inventory by its DNS name, injected from dependsOn.
         let order_pods = shop::ready_pods(&ctx, "ferry.dev/microservice=order").await;
-        let env = order_pods[0].spec.as_ref().expect("spec").containers[0]
-            .env
-            .clone()
-            .unwrap_or_default();
+        let env = order_pods[0].spec.as_ref().expect("spec").containers[0].env.clone().unwrap_or_default();
         let addr = env
             .iter()
             .find(|e| e.name == "INVENTORY_ADDR")
@@ -91,38 +84,24 @@ async fn the_shop_runs_on_real_pods_behind_generated_grpc_probes_and_an_order_re
 }
 
 #[tokio::test]
-#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+#[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
 async fn killing_an_inventory_pod_under_load_loses_no_acknowledged_order() {
     in_namespace("real-kill", |ctx| async move {
         const STOCK: i64 = 1_000_000;
         let _release = shop(&ctx, ShopOptions::default(), STOCK).await;
         let order = shop::channels(&shop::service_endpoint(&ctx, "order").await, 4).await;
         let (_stop, stop_rx) = tokio::sync::oneshot::channel();
-        let load = tokio::spawn(shop::create_order_load(
-            order.clone(),
-            200,
-            Duration::from_secs(20),
-            512,
-            stop_rx,
-        ));
+        let load =
+            tokio::spawn(shop::create_order_load(order.clone(), 200, Duration::from_secs(20), 512, stop_rx));
         // Let the load run on both pods, then SIGKILL one (grace period 0).
         let pods: Api<Pod> = ctx.api();
-        let victim = wait_until(
-            "inventory has served load",
-            Duration::from_secs(30),
-            || async {
-                let counts = shop::deductions_by_pod(&ctx).await;
-                counts
-                    .iter()
-                    .find(|(_, (_, n))| *n >= 200.0)
-                    .map(|(name, _)| name.clone())
-            },
-        )
+        let victim = wait_until("inventory has served load", Duration::from_secs(30), || async {
+            let counts = shop::deductions_by_pod(&ctx).await;
+            counts.iter().find(|(_, (_, n))| *n >= 200.0).map(|(name, _)| name.clone())
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        pods.delete(&victim, &DeleteParams::default().grace_period(0))
-            .await
-            .expect("kill the pod");
+        pods.delete(&victim, &DeleteParams::default().grace_period(0)).await.expect("kill the pod");
         let report = load.await.expect("load");
         println!(
             "kill test: sent {}, acknowledged {}, failed {}, rate {:.0}/s",
@@ -131,11 +110,7 @@ async fn killing_an_inventory_pod_under_load_loses_no_acknowledged_order() {
             report.failures.len(),
             report.rate()
         );
-        assert!(
-            report.acknowledged.len() > 1000,
-            "the load ran: {} acknowledged",
-            report.acknowledged.len()
-        );
+        assert!(report.acknowledged.len() > 1000, "the load ran: {} acknowledged", report.acknowledged.len());
 
         // Every acknowledged order is stored and its deduction kept: the stock
         // went down by at least the acknowledged orders (a call that failed on
@@ -146,17 +121,13 @@ async fn killing_an_inventory_pod_under_load_loses_no_acknowledged_order() {
             remaining <= STOCK - acknowledged,
             "acknowledged deductions lost: stock {remaining}, acknowledged {acknowledged}"
         );
-        assert!(
-            remaining >= STOCK - report.sent as i64,
-            "oversold: stock {remaining}"
-        );
+        assert!(remaining >= STOCK - report.sent as i64, "oversold: stock {remaining}");
         let mut client =
             ferry_proto::order::v1::order_service_client::OrderServiceClient::new(order[0].clone());
         let read = shop::token("orders:read");
         for id in &report.acknowledged {
-            let mut request = tonic::Request::new(ferry_proto::order::v1::GetOrderRequest {
-                order_id: id.clone(),
-            });
+            let mut request =
+                tonic::Request::new(ferry_proto::order::v1::GetOrderRequest { order_id: id.clone() });
             request.metadata_mut().insert("authorization", read.clone());
             client
                 .get_order(request)
@@ -164,14 +135,10 @@ async fn killing_an_inventory_pod_under_load_loses_no_acknowledged_order() {
                 .unwrap_or_else(|s| panic!("acknowledged order {id} is gone: {s}"));
         }
         // The killed pod is replaced and the service is whole again.
-        wait_until(
-            "inventory has two Ready pods again",
-            Duration::from_secs(120),
-            || async {
-                let ready = shop::ready_pods(&ctx, "ferry.dev/microservice=inventory").await;
-                (ready.len() >= 2 && ready.iter().all(|p| p.name_any() != victim)).then_some(())
-            },
-        )
+        wait_until("inventory has two Ready pods again", Duration::from_secs(120), || async {
+            let ready = shop::ready_pods(&ctx, "ferry.dev/microservice=inventory").await;
+            (ready.len() >= 2 && ready.iter().all(|p| p.name_any() != victim)).then_some(())
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     })
@@ -179,9 +146,9 @@ async fn killing_an_inventory_pod_under_load_loses_no_acknowledged_order() {
 }
 
 #[tokio::test]
-#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+#[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
 async fn a_blue_green_rollout_under_500_orders_per_second_fails_no_call_and_moves_traffic_to_green_within_5s()
- {
+{
     in_namespace("real-cutover", |ctx| async move {
         const STOCK: i64 = 1_000_000;
         let _release = shop(&ctx, ShopOptions::default(), STOCK).await;
@@ -225,13 +192,10 @@ async fn a_blue_green_rollout_under_500_orders_per_second_fails_no_call_and_move
 }
 
 #[tokio::test]
-#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+#[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
 async fn an_aborted_rollout_under_load_keeps_all_traffic_on_blue() {
     in_namespace("real-abort", |ctx| async move {
-        let options = ShopOptions {
-            inventory_auto_promotion: false,
-            ..ShopOptions::default()
-        };
+        let options = ShopOptions { inventory_auto_promotion: false, ..ShopOptions::default() };
         let _release = shop(&ctx, options, 1_000_000).await;
         let report = shop::rollout_under_load(
             &ctx,
@@ -242,19 +206,9 @@ async fn an_aborted_rollout_under_load_keeps_all_traffic_on_blue() {
         )
         .await;
         println!("{}", report.table());
-        assert!(
-            report.aborted_at.is_some(),
-            "the green preview became Ready and was aborted"
-        );
-        assert!(
-            report.load.failures.is_empty(),
-            "calls failed: {:?}",
-            &report.load.failures[..]
-        );
-        assert_eq!(
-            report.green_calls, 0.0,
-            "green served traffic although aborted"
-        );
+        assert!(report.aborted_at.is_some(), "the green preview became Ready and was aborted");
+        assert!(report.load.failures.is_empty(), "calls failed: {:?}", &report.load.failures[..]);
+        assert_eq!(report.green_calls, 0.0, "green served traffic although aborted");
         assert_eq!(
             shop::active_revision(&ctx, "inventory").await.as_deref(),
             Some(report.blue.as_str()),
@@ -265,13 +219,11 @@ async fn an_aborted_rollout_under_load_keeps_all_traffic_on_blue() {
 }
 
 #[tokio::test]
-#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+#[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
 async fn a_grpc_health_pre_promotion_check_passes_against_real_green_pods_and_gates_the_switch() {
     in_namespace("real-check", |ctx| async move {
         let _release = shop(&ctx, ShopOptions::default(), 100).await;
-        let blue = shop::active_revision(&ctx, "inventory")
-            .await
-            .expect("active revision");
+        let blue = shop::active_revision(&ctx, "inventory").await.expect("active revision");
         // The operator pod dials every green pod's grpc.health.v1 before it
         // moves traffic: two measurements, a second apart, none may fail.
         let patch = serde_json::json!([
@@ -282,17 +234,13 @@ async fn a_grpc_health_pre_promotion_check_passes_against_real_green_pods_and_ga
         ]);
         shop::patch_inventory(&ctx, &patch);
         let api = ctx.microservices();
-        let ms = wait_until(
-            "inventory promoted past its check",
-            Duration::from_secs(180),
-            || async {
-                let ms = api.get("inventory").await.ok()?;
-                let status = &ms.data["status"];
-                let current = ms.metadata.generation? == status["observedGeneration"].as_i64()?;
-                let active = status["blueGreen"]["activeRevision"]["hash"].as_str()?;
-                (current && status["phase"] == "Healthy" && active != blue).then_some(ms)
-            },
-        )
+        let ms = wait_until("inventory promoted past its check", Duration::from_secs(180), || async {
+            let ms = api.get("inventory").await.ok()?;
+            let status = &ms.data["status"];
+            let current = ms.metadata.generation? == status["observedGeneration"].as_i64()?;
+            let active = status["blueGreen"]["activeRevision"]["hash"].as_str()?;
+            (current && status["phase"] == "Healthy" && active != blue).then_some(ms)
+        })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let checks = &ms.data["status"]["blueGreen"]["checks"];
@@ -305,13 +253,11 @@ async fn a_grpc_health_pre_promotion_check_passes_against_real_green_pods_and_ga
 }
 
 #[tokio::test]
-#[ignore = "needs the real node (NODE=real); run by tests/e2e/run.sh"]
+#[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
 async fn a_green_whose_grpc_health_answers_not_serving_is_not_promoted_and_traffic_stays_on_blue() {
     in_namespace("real-notserving", |ctx| async move {
         let _release = shop(&ctx, ShopOptions::default(), 100).await;
-        let blue = shop::active_revision(&ctx, "inventory")
-            .await
-            .expect("active revision");
+        let blue = shop::active_revision(&ctx, "inventory").await.expect("active revision");
         // Green gets a database of its own that is taken away once green is
         // Ready: inventory then answers NOT_SERVING (its database is
         // unreachable) while the pod keeps running. Readiness and liveness are
@@ -322,10 +268,7 @@ async fn a_green_whose_grpc_health_answers_not_serving_is_not_promoted_and_traff
         let api = ctx.microservices();
         let ms = api.get("inventory").await.expect("get inventory");
         let env = ms.data["spec"]["env"].as_array().expect("env");
-        let db_index = env
-            .iter()
-            .position(|e| e["name"] == "DATABASE_URL")
-            .expect("DATABASE_URL in env");
+        let db_index = env.iter().position(|e| e["name"] == "DATABASE_URL").expect("DATABASE_URL in env");
         let patch = serde_json::json!([
             {"op": "replace", "path": format!("/spec/env/{db_index}/value"), "value": green_db},
             {"op": "replace", "path": "/spec/health", "value": {
@@ -338,32 +281,21 @@ async fn a_green_whose_grpc_health_answers_not_serving_is_not_promoted_and_traff
         shop::patch_inventory(&ctx, &patch);
         wait_until("green's pods are Ready", Duration::from_secs(120), || async {
             let ready = shop::ready_pods(&ctx, "ferry.dev/microservice=inventory").await;
-            let green = ready
-                .iter()
-                .filter(|p| p.labels().get(shop::REVISION_LABEL) != Some(&blue))
-                .count();
+            let green = ready.iter().filter(|p| p.labels().get(shop::REVISION_LABEL) != Some(&blue)).count();
             (green >= 2).then_some(())
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        tools::run_ok(
-            "psql",
-            &[
-                "-h", shop::NODE_IP, "-p", &shop::POSTGRES_PORT.to_string(), "-U", "postgres",
-                "-v", "ON_ERROR_STOP=1",
-                "-c", &format!("ALTER DATABASE {green_db_name} WITH ALLOW_CONNECTIONS false"),
-                "-c", &format!(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{green_db_name}'"
-                ),
-            ],
-            None,
-            &[],
-        );
+        shop::Postgres::from_env().execute(&[
+            &format!("ALTER DATABASE {green_db_name} WITH ALLOW_CONNECTIONS false"),
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{green_db_name}'"
+            ),
+        ]);
 
         let ms = wait_until("the check aborts green", Duration::from_secs(90), || async {
             let ms = api.get("inventory").await.ok()?;
-            (ms.data["status"]["blueGreen"]["aborted"]["reason"] == "PrePromotionCheckFailed")
-                .then_some(ms)
+            (ms.data["status"]["blueGreen"]["aborted"]["reason"] == "PrePromotionCheckFailed").then_some(ms)
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -371,11 +303,7 @@ async fn a_green_whose_grpc_health_answers_not_serving_is_not_promoted_and_traff
         assert_eq!(checks[0]["verdict"], "Failed", "{checks}");
         let message = checks[0]["message"].as_str().unwrap_or_default();
         assert!(message.contains("NOT_SERVING"), "the check saw NOT_SERVING: {checks}");
-        assert_eq!(
-            shop::active_revision(&ctx, "inventory").await,
-            Some(blue),
-            "traffic stays on blue"
-        );
+        assert_eq!(shop::active_revision(&ctx, "inventory").await, Some(blue), "traffic stays on blue");
     })
     .await;
 }

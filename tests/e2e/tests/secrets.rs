@@ -19,9 +19,7 @@ async fn secrets_are_mounted_read_only_and_the_pods_are_admitted_under_restricte
                          "items": [{"key": "jwt.key", "path": "jwt.key"}]}],
             "pod": {"runAsUser": 65532, "fsGroup": 65532}
         });
-        ctx.create_microservice("orders", spec)
-            .await
-            .expect("create msvc");
+        ctx.create_microservice("orders", spec).await.expect("create msvc");
         ctx.wait_for_condition("orders", "Available", "True").await;
 
         let deployments: Api<Deployment> = ctx.api();
@@ -50,21 +48,12 @@ async fn secrets_are_mounted_read_only_and_the_pods_are_admitted_under_restricte
             .into_iter()
             .find(|m| m.name == volume.name)
             .expect("its mount");
-        assert_eq!(
-            (mount.mount_path.as_str(), mount.read_only),
-            ("/etc/ferry/jwt", Some(true))
-        );
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), ("/etc/ferry/jwt", Some(true)));
 
         let pods: Api<Pod> = ctx.api();
-        let admitted = pods
-            .list(&ListParams::default().labels("ferry.dev/microservice=orders"))
-            .await
-            .expect("pods");
-        assert_eq!(
-            admitted.items.len(),
-            2,
-            "both pods passed the restricted admission"
-        );
+        let admitted =
+            pods.list(&ListParams::default().labels("ferry.dev/microservice=orders")).await.expect("pods");
+        assert_eq!(admitted.items.len(), 2, "both pods passed the restricted admission");
     })
     .await;
 }
@@ -82,29 +71,15 @@ async fn invalid_secret_mounts_are_rejected_at_admission_with_their_rules_messag
             })
         };
         let cases = [
-            (
-                json!([{"name": "a", "mountPath": "/s"}, {"name": "b", "mountPath": "/s"}]),
-                "mountPath",
-            ),
-            (
-                json!([{"name": "a", "mountPath": "relative/dir"}]),
-                "mountPath",
-            ),
+            (json!([{"name": "a", "mountPath": "/s"}, {"name": "b", "mountPath": "/s"}]), "mountPath"),
+            (json!([{"name": "a", "mountPath": "relative/dir"}]), "mountPath"),
             (json!([{"name": "a", "mountPath": "/etc/../root"}]), "'..'"),
             (json!([{"name": "a", "mountPath": "/tmp"}]), "/tmp"),
-            (
-                json!([{"name": "a", "mountPath": "/etc/ferry/config"}]),
-                "config mount path",
-            ),
-            (
-                json!([{"name": "a", "mountPath": "/s", "items": [{"key": "k", "path": "/abs"}]}]),
-                "relative",
-            ),
+            (json!([{"name": "a", "mountPath": "/etc/ferry/config"}]), "config mount path"),
+            (json!([{"name": "a", "mountPath": "/s", "items": [{"key": "k", "path": "/abs"}]}]), "relative"),
             (
                 json!(
-                    (0..17)
-                        .map(|i| json!({"name": "a", "mountPath": format!("/s{i}")}))
-                        .collect::<Vec<_>>()
+                    (0..17).map(|i| json!({"name": "a", "mountPath": format!("/s{i}")})).collect::<Vec<_>>()
                 ),
                 "17",
             ),

@@ -24,8 +24,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{
-        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PartialObjectMeta,
-        PostParams,
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, PartialObjectMeta, PostParams,
     },
     runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
 };
@@ -66,10 +65,7 @@ async fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers, e.g. 100,1000"))
         .collect();
-    let idle: u64 = std::env::var("BENCH_IDLE_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
+    let idle: u64 = std::env::var("BENCH_IDLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let client = ferry_e2e::client().await;
     let costs = write_costs(&client).await;
     let mut rounds = Vec::new();
@@ -108,11 +104,8 @@ async fn main() {
     for r in &rounds {
         let mut largest: Vec<_> = r.requests.iter().collect();
         largest.sort_by(|a, b| b.1.total_cmp(a.1));
-        let line: Vec<_> = largest
-            .iter()
-            .take_while(|(_, v)| **v >= 10.0)
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let line: Vec<_> =
+            largest.iter().take_while(|(_, v)| **v >= 10.0).map(|(k, v)| format!("{k} {v}")).collect();
         println!("- {}: {}", r.n, line.join(", "));
     }
     println!();
@@ -124,11 +117,7 @@ async fn main() {
         let verbs = if r.idle_by_verb.is_empty() {
             "none".to_string()
         } else {
-            r.idle_by_verb
-                .iter()
-                .map(|(v, c)| format!("{v} {c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            r.idle_by_verb.iter().map(|(v, c)| format!("{v} {c}")).collect::<Vec<_>>().join(", ")
         };
         println!(
             "| {} | {:.1} s | {:.1} s | {:.1} s | {:.1} MiB | {} | {} | {} |",
@@ -151,16 +140,12 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     let before_round = apiserver_requests(client).await;
     let addr = format!("127.0.0.1:{metrics_port}");
     let concurrency = std::env::var("BENCH_OPERATOR_CONCURRENCY").unwrap_or_else(|_| "8".into());
-    let operator = OperatorProcess::start(
-        &ns,
-        "bench",
-        &["--metrics-addr", &addr, "--concurrency", &concurrency],
-    );
+    let operator =
+        OperatorProcess::start(&ns, "bench", &["--metrics-addr", &addr, "--concurrency", &concurrency]);
     let pid = operator.pid().expect("operator pid");
 
     eprintln!("[bench] {n}: creating MicroServices in {ns}");
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &microservice_resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &microservice_resource());
     // NB: convergence is observed through watches, not by polling lists: listing 1,000 full
     // MicroServices five times a second cost the apiserver more CPU than the operator's own work.
     let watched = Watched::start(client, &ns);
@@ -173,9 +158,7 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
             async move {
                 let obj = DynamicObject::new(&format!("svc-{i:04}"), &microservice_resource())
                     .data(json!({ "spec": bench_spec() }));
-                api.create(&PostParams::default(), &obj)
-                    .await
-                    .expect("create msvc");
+                api.create(&PostParams::default(), &obj).await.expect("create msvc");
             }
         })
         .await;
@@ -204,38 +187,26 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     let converge = start.elapsed();
     let cpu = cpu_delta(&cpu_before, &cpu_seconds(Some(pid)));
     let requests = requests_by_verb(&api_before, &apiserver_requests(client).await, |_| true);
-    eprintln!(
-        "[bench] {n}: converged after {:.1} s",
-        converge.as_secs_f64()
-    );
+    eprintln!("[bench] {n}: converged after {:.1} s", converge.as_secs_f64());
     // NB: the idle window starts once nothing is left to observe: every pod Ready and every
     // MicroService Available. Before that the status still changes and is rightly written.
-    wait_until(
-        "every MicroService Available",
-        Duration::from_secs(600),
-        || async {
-            let available = watched
-                .microservices
-                .state()
-                .iter()
-                .filter(|m| {
-                    m.data["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Available" && c["status"] == "True")
-                    })
-                })
-                .count();
-            (available == n).then_some(())
-        },
-    )
+    wait_until("every MicroService Available", Duration::from_secs(600), || async {
+        let available = watched
+            .microservices
+            .state()
+            .iter()
+            .filter(|m| {
+                m.data["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Available" && c["status"] == "True"))
+            })
+            .count();
+        (available == n).then_some(())
+    })
     .await
     .expect("every MicroService Available");
     let available = start.elapsed();
-    eprintln!(
-        "[bench] {n}: all Available after {:.1} s; idle window {:?}",
-        available.as_secs_f64(),
-        idle
-    );
+    eprintln!("[bench] {n}: all Available after {:.1} s; idle window {:?}", available.as_secs_f64(), idle);
 
     let idle_start_api = apiserver_requests(client).await;
     let idle_start_writes = operator_writes(metrics_port).await;
@@ -246,9 +217,8 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     // VmHWM is the kernel's own high-water mark of the process' RSS.
     let peak_rss_kib = rss_kib(pid, "VmHWM");
 
-    let idle_by_verb = requests_by_verb(&idle_start_api, &idle_end_api, |resource| {
-        MANAGED.contains(&resource)
-    });
+    let idle_by_verb =
+        requests_by_verb(&idle_start_api, &idle_end_api, |resource| MANAGED.contains(&resource));
     let throttled: f64 = idle_end_api
         .iter()
         .filter(|((_, _, code), _)| code == "429")
@@ -280,10 +250,7 @@ fn requests_by_verb(
 ) -> BTreeMap<String, f64> {
     let mut by_verb = BTreeMap::new();
     for ((verb, resource, code), v) in after {
-        let d = v - before
-            .get(&(verb.clone(), resource.clone(), code.clone()))
-            .copied()
-            .unwrap_or(0.0);
+        let d = v - before.get(&(verb.clone(), resource.clone(), code.clone())).copied().unwrap_or(0.0);
         if counted(resource) && d > 0.0 {
             *by_verb.entry(format!("{verb} {resource}")).or_insert(0.0) += d;
         }
@@ -293,18 +260,10 @@ fn requests_by_verb(
 
 /// `apiserver_request_total` by (verb, resource, code), from the apiserver's /metrics.
 async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String, String), f64> {
-    let request = http::Request::get("/metrics")
-        .body(Vec::new())
-        .expect("request");
-    let text = client
-        .request_text(request)
-        .await
-        .expect("apiserver /metrics");
+    let request = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(request).await.expect("apiserver /metrics");
     let mut totals = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
         let (labels, value) = match line.rsplit_once(' ') {
             Some(parts) => parts,
             None => continue,
@@ -329,13 +288,8 @@ async fn apiserver_requests(client: &Client) -> BTreeMap<(String, String, String
 /// The operator's `ferry_operator_api_writes_total`, summed over kinds and verbs.
 async fn operator_writes(port: u16) -> f64 {
     // A one-shot HTTP/1.0 GET on loopback; the response ends when the server closes.
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("operator metrics port");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("operator metrics port");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.expect("write");
     let mut body = String::new();
     stream.read_to_string(&mut body).await.expect("read");
     body.lines()
@@ -379,17 +333,12 @@ enum WriteKind {
 }
 
 impl WriteKind {
-    const ALL: [Self; 3] = [
-        Self::MicroServiceStatus,
-        Self::MicroServiceAnnotation,
-        Self::ConfigMapAnnotation,
-    ];
+    const ALL: [Self; 3] =
+        [Self::MicroServiceStatus, Self::MicroServiceAnnotation, Self::ConfigMapAnnotation];
 
     fn label(self) -> &'static str {
         match self {
-            Self::MicroServiceStatus => {
-                "MicroService status, server-side apply (as the operator writes it)"
-            }
+            Self::MicroServiceStatus => "MicroService status, server-side apply (as the operator writes it)",
             Self::MicroServiceAnnotation => "MicroService, merge patch of one annotation",
             Self::ConfigMapAnnotation => "ConfigMap, merge patch of one annotation",
         }
@@ -404,28 +353,16 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
     create_namespace(client, &ns).await;
     let microservices: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &ns, &microservice_resource());
-    let obj =
-        DynamicObject::new("cost", &microservice_resource()).data(json!({ "spec": bench_spec() }));
-    microservices
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create the MicroService");
-    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(client.clone(), &ns);
+    let obj = DynamicObject::new("cost", &microservice_resource()).data(json!({ "spec": bench_spec() }));
+    microservices.create(&PostParams::default(), &obj).await.expect("create the MicroService");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm = k8s_openapi::api::core::v1::ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("cost".into()),
-            ..ObjectMeta::default()
-        },
+        metadata: ObjectMeta { name: Some("cost".into()), ..ObjectMeta::default() },
         ..Default::default()
     };
-    config_maps
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("create the ConfigMap");
+    config_maps.create(&PostParams::default(), &cm).await.expect("create the ConfigMap");
 
-    let annotation =
-        |i: usize| json!({"metadata": {"annotations": {"ferry.dev/bench": i.to_string()}}});
+    let annotation = |i: usize| json!({"metadata": {"annotations": {"ferry.dev/bench": i.to_string()}}});
     // A status shaped like the operator's: six conditions, counts, a message that changes.
     let status = |i: usize| {
         let conditions: Vec<_> = [
@@ -447,12 +384,7 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
             "replicas": 1, "readyReplicas": 0, "availableReplicas": 0, "updatedReplicas": 1,
             "ready": "0/1", "selector": "app.kubernetes.io/name=cost", "conditions": conditions}})
     };
-    let apiserver_cpu = || {
-        cpu_seconds(None)
-            .get("kube-apiserver")
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let apiserver_cpu = || cpu_seconds(None).get("kube-apiserver").copied().unwrap_or(0.0);
     let merge = kube::api::PatchParams::default();
     let apply = kube::api::PatchParams::apply("ferry-bench").force();
     let mut costs = Vec::new();
@@ -468,18 +400,14 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
                     .patch("cost", &merge, &kube::api::Patch::Merge(annotation(i)))
                     .await
                     .map(drop),
-                WriteKind::ConfigMapAnnotation => config_maps
-                    .patch("cost", &merge, &kube::api::Patch::Merge(annotation(i)))
-                    .await
-                    .map(drop),
+                WriteKind::ConfigMapAnnotation => {
+                    config_maps.patch("cost", &merge, &kube::api::Patch::Merge(annotation(i))).await.map(drop)
+                }
             };
             written.unwrap_or_else(|e| panic!("{}: {e}", kind.label()));
         }
         let per_write_ms = (apiserver_cpu() - before) * 1000.0 / WRITES_PER_KIND as f64;
-        eprintln!(
-            "[bench] {}: {per_write_ms:.1} ms apiserver CPU per write",
-            kind.label()
-        );
+        eprintln!("[bench] {}: {per_write_ms:.1} ms apiserver CPU per write", kind.label());
         costs.push((kind.label(), per_write_ms));
     }
     delete_namespace(client, &ns).await;
@@ -496,24 +424,9 @@ async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>
     let kinds = [
         ("apps", "v1", "Deployment", "deployments"),
         ("", "v1", "Service", "services"),
-        (
-            "autoscaling",
-            "v2",
-            "HorizontalPodAutoscaler",
-            "horizontalpodautoscalers",
-        ),
-        (
-            "policy",
-            "v1",
-            "PodDisruptionBudget",
-            "poddisruptionbudgets",
-        ),
-        (
-            "monitoring.coreos.com",
-            "v1",
-            "ServiceMonitor",
-            "servicemonitors",
-        ),
+        ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+        ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
     ];
     let cpu_before = cpu_seconds(None);
     let start = Instant::now();
@@ -532,10 +445,7 @@ async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>
                     let mut obj = DynamicObject::new(&name, &ar).data(baseline_child(kind, &name));
                     obj.metadata.labels = Some(BTreeMap::from([
                         ("app.kubernetes.io/name".to_string(), name.clone()),
-                        (
-                            "app.kubernetes.io/managed-by".to_string(),
-                            "ferry-bench-baseline".to_string(),
-                        ),
+                        ("app.kubernetes.io/managed-by".to_string(), "ferry-bench-baseline".to_string()),
                     ]));
                     api.patch(
                         &name,
@@ -551,16 +461,14 @@ async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>
     let took = start.elapsed();
     let cpu = cpu_delta(&cpu_before, &cpu_seconds(None));
     delete_namespace(client, &ns).await;
-    eprintln!(
-        "[bench] baseline {n}: children applied in {:.1} s",
-        took.as_secs_f64()
-    );
+    eprintln!("[bench] baseline {n}: children applied in {:.1} s", took.as_secs_f64());
     (took, cpu)
 }
 
 /// The body of one baseline child, shaped like the operator's.
 fn baseline_child(kind: &str, name: &str) -> serde_json::Value {
-    let labels = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "ferry-bench-baseline"});
+    let labels =
+        json!({"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "ferry-bench-baseline"});
     let selector = json!({"matchLabels": {"app.kubernetes.io/name": name}});
     match kind {
         "Deployment" => json!({"spec": {
@@ -604,22 +512,16 @@ async fn create_namespace(client: &Client, ns: &str) {
         .create(
             &PostParams::default(),
             &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.to_string()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some(ns.to_string()), ..Default::default() },
                 ..Default::default()
             },
         )
         .await
         .expect("create namespace");
-    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), ns);
-    wait_until(
-        "the default ServiceAccount",
-        Duration::from_secs(60),
-        || async { accounts.get_opt("default").await.ok().flatten() },
-    )
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    wait_until("the default ServiceAccount", Duration::from_secs(60), || async {
+        accounts.get_opt("default").await.ok().flatten()
+    })
     .await
     .expect("namespace ready");
 }
@@ -632,11 +534,7 @@ fn cpu_seconds(operator: Option<u32>) -> BTreeMap<String, f64> {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let pid = std::fs::read_to_string(e.path())
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
+            let pid = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
             Some((e.file_name().to_string_lossy().into_owned(), pid))
         })
         .collect();
@@ -648,21 +546,14 @@ fn cpu_seconds(operator: Option<u32>) -> BTreeMap<String, f64> {
             // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
             let rest = &stat[stat.rfind(')')? + 2..];
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            let ticks: f64 =
-                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
             Some((name, ticks / 100.0))
         })
         .collect()
 }
 
-fn cpu_delta(
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .collect()
+fn cpu_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).collect()
 }
 
 fn cpu_line(cpu: &BTreeMap<String, f64>) -> String {
@@ -686,37 +577,20 @@ impl Watched {
         let microservices = writer.as_reader();
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ms_ar);
         tokio::spawn(
-            watcher(api, watcher::Config::default())
-                .default_backoff()
-                .reflect(writer)
-                .for_each(|_| async {}),
+            watcher(api, watcher::Config::default()).default_backoff().reflect(writer).for_each(|_| async {}),
         );
         let children = [
             ("apps", "v1", "Deployment", "deployments"),
             ("", "v1", "Service", "services"),
-            (
-                "autoscaling",
-                "v2",
-                "HorizontalPodAutoscaler",
-                "horizontalpodautoscalers",
-            ),
-            (
-                "monitoring.coreos.com",
-                "v1",
-                "ServiceMonitor",
-                "servicemonitors",
-            ),
+            ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+            ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
         ]
         .into_iter()
         .map(|(group, version, kind, plural)| {
-            let ar = ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk(group, version, kind),
-                plural,
-            );
+            let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
             let writer = reflector::store::Writer::new(ar.clone());
             let reader = writer.as_reader();
-            let api: Api<PartialObjectMeta<DynamicObject>> =
-                Api::namespaced_with(client.clone(), ns, &ar);
+            let api: Api<PartialObjectMeta<DynamicObject>> = Api::namespaced_with(client.clone(), ns, &ar);
             tokio::spawn(
                 watcher(api, watcher::Config::default())
                     .default_backoff()
@@ -726,10 +600,7 @@ impl Watched {
             reader
         })
         .collect();
-        Self {
-            microservices,
-            children,
-        }
+        Self { microservices, children }
     }
 }
 
@@ -739,11 +610,9 @@ async fn delete_namespace(client: &Client, ns: &str) {
     let namespaces = Api::<Namespace>::all(client.clone());
     let _ = namespaces.delete(ns, &DeleteParams::background()).await;
     eprintln!("[bench] deleting namespace {ns}");
-    wait_until(
-        "the namespace to be gone",
-        Duration::from_secs(900),
-        || async { matches!(namespaces.get_opt(ns).await, Ok(None)).then_some(()) },
-    )
+    wait_until("the namespace to be gone", Duration::from_secs(900), || async {
+        matches!(namespaces.get_opt(ns).await, Ok(None)).then_some(())
+    })
     .await
     .expect("namespace deleted");
 }

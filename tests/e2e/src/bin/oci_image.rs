@@ -74,10 +74,7 @@ fn run(args: Args) -> Result<(), OciError> {
     // not on the node.
     let inspection = inspect_archive(&archive)?;
 
-    let io = |source| OciError::Io {
-        path: args.out.clone(),
-        source,
-    };
+    let io = |source| OciError::Io { path: args.out.clone(), source };
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -87,12 +84,7 @@ fn run(args: Args) -> Result<(), OciError> {
     std::fs::write(&partial, &archive).map_err(io)?;
     std::fs::rename(&partial, &args.out).map_err(io)?;
     for name in &inspection.names {
-        println!(
-            "{name} {} {} bytes -> {}",
-            inspection.manifest_digest,
-            archive.len(),
-            args.out.display()
-        );
+        println!("{name} {} {} bytes -> {}", inspection.manifest_digest, archive.len(), args.out.display());
     }
     Ok(())
 }
