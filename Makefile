@@ -16,22 +16,42 @@ help: ## List the targets
 
 ## ---- the two commands -------------------------------------------------------
 .PHONY: demo
-demo: ## Local cluster, operator chart, the operator under the chart's ServiceAccount, and the shop (DEMO_CLUSTER=external: use KUBECONFIG's cluster)
+demo: ## The operator chart and the shop: on kind with real pods and a short order load when the machine can, else on the kwok cluster (DEMO_CLUSTER=kind|local|external)
 	tests/e2e/demo.sh up
 
 .PHONY: demo-down
-demo-down: ## Stop the demo's operator, remove the shop and the chart, stop the local cluster (DEMO_CLUSTER=external: leave the cluster up)
+demo-down: ## Remove the demo's shop and chart; stop the cluster only if `make demo` started it
 	tests/e2e/demo.sh down
 
 .PHONY: test
-test: lint generated-check unit test-e2e ## The one test command: fmt, clippy, generated files, unit tests, then e2e on the local cluster
+test: deps lint generated-check unit test-e2e ## The one test command: installs what it needs, fmt, clippy, generated files, unit tests, e2e on kwok and on kind
+
+.PHONY: deps
+deps: ## Install the Debian packages the tests need (apt-get; as root), when missing
+	tests/e2e/install-deps.sh
 
 ## ---- pieces of `make test` ---------------------------------------------------
+SCRIPTS := $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh tests/e2e/kind/runc-without-sys-resource \
+  tests/e2e/kind/node/iptables-wrapper tests/e2e/kind/node/files/usr/local/bin/ferry-entrypoint \
+  tests/e2e/images/*.sh tests/e2e/monitoring/*.sh services/scripts/*.sh .ci/run
+CARGO_DENY_VERSION := 0.20.2
+# ADVISORIES=required fails the lint when the RustSec database cannot be fetched (it lives on github.com).
+ADVISORIES ?= auto
 .PHONY: lint
-lint: ## cargo fmt --check and clippy -D warnings, plus shellcheck when installed
+lint: ## cargo fmt --check, clippy -D warnings, cargo deny (deny.toml), shellcheck of every script
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	@if command -v shellcheck >/dev/null; then shellcheck -x $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh tests/e2e/images/*.sh services/scripts/*.sh .ci/run; fi
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny --version $(CARGO_DENY_VERSION)
+	$(CARGO) deny --locked check licenses bans sources
+	@mkdir -p target; if $(CARGO) deny fetch db >target/cargo-deny-fetch.log 2>&1; then \
+	  $(CARGO) deny --offline --locked check advisories; \
+	else \
+	  echo "cargo deny: advisories NOT checked: the RustSec database could not be fetched from github.com:"; \
+	  grep -m1 -E 'fatal|error' target/cargo-deny-fetch.log || tail -1 target/cargo-deny-fetch.log; \
+	  [ "$(ADVISORIES)" != required ]; \
+	fi
+	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: make deps"; exit 1; }
+	shellcheck -x $(SCRIPTS)
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types and copy them into the chart
@@ -52,14 +72,23 @@ generated-check: ## Fail when crds/ is stale or the chart's CRDs differ; helm li
 	@echo "generated files are current; chart lints clean"
 
 .PHONY: unit
-unit: ## Unit and in-process tests (no cluster; a throwaway PostgreSQL on 127.0.0.1 for the store tests)
+unit: ## Unit and in-process tests (no cluster; a throwaway PostgreSQL and NATS JetStream on 127.0.0.1 for the services; promtool for the alert rules)
+	tests/e2e/monitoring/build.sh promtool
 	@url="$$(services/scripts/postgres.sh up)"; \
-	  trap 'services/scripts/postgres.sh down >/dev/null 2>&1' EXIT; \
+	  trap 'services/scripts/postgres.sh down >/dev/null 2>&1; services/scripts/nats.sh down >/dev/null 2>&1' EXIT; \
+	  nats="$$(services/scripts/nats.sh up)"; \
+	  FERRY_TEST_NATS_URL="$$nats" FERRY_TEST_NATS_SERVER="$$(services/scripts/nats.sh path)" \
+	  FERRY_PROMTOOL="$$(tests/e2e/monitoring/build.sh path promtool)" \
 	  FERRY_TEST_POSTGRES_URL="$$url" $(CARGO) test --workspace --locked
 
 .PHONY: test-e2e
-test-e2e: ## E2e tests against the local cluster (started if needed, left as found)
+test-e2e: ## E2e tests: kwok phases 1-2, then the real-pod tests on kind (clusters started if needed, left as found; REAL_PODS=0 skips kind)
 	tests/e2e/run.sh
+
+.PHONY: test-e2e-kind
+test-e2e-kind: ## The whole e2e suite on kind: kind-up, then the kwok-tier tests and the real-pod tests there (kind is left up)
+	tests/e2e/kind/kind.sh up >/dev/null
+	E2E_EXTERNAL=1 KUBECONFIG=$(CURDIR)/target/kind/kubeconfig tests/e2e/run.sh
 
 ## ---- benchmarks (numbers, not tests) ----------------------------------------
 SIZES ?= 100,1000
@@ -80,34 +109,39 @@ bench-rollout: ## Blue-green promotion overhead (green available -> selector swi
 	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator \
 	  target/release/examples/bench_rollout $(ROLLOUTS)
 
-REAL_NS := nsenter --net=/var/run/netns/ferry-node
-REAL_KUBECONFIG := $(CURDIR)/target/cluster-real/kubeconfig
 RATE ?= 500
 .PHONY: bench-cutover
-bench-cutover: ## Blue-green cutover on the real node under RATE CreateOrder/s: failed calls, p50/p99 around the switch, time to green (root)
+bench-cutover: ## Blue-green cutover on kind under RATE CreateOrder/s: failed calls, p50/p99 around the switch, time to green (root)
 	tests/e2e/images/build.sh >/dev/null
 	$(CARGO) build --release --locked -p ferry-e2e --bin bench_cutover
-	NODE=real $(CLUSTER)/up.sh >/dev/null
-	$(REAL_NS) $(BIN)/kubectl --kubeconfig $(REAL_KUBECONFIG) apply -f crds/ >/dev/null
-	$(REAL_NS) env KUBECONFIG=$(REAL_KUBECONFIG) FERRY_REAL_NODE=1 PATH="$(BIN):$$PATH" target/release/bench_cutover $(RATE)
+	tests/e2e/kind/kind.sh up >/dev/null
+	tests/e2e/kind/kind.sh load
+	$(BIN)/kubectl --kubeconfig $(CURDIR)/target/kind/kubeconfig apply -f crds/ >/dev/null
+	source target/kind/env && tests/e2e/kind/kind.sh netns env KUBECONFIG=$$KIND_NODE_KUBECONFIG FERRY_REAL_PODS=1 \
+	  FERRY_POSTGRES_HOST=$$FERRY_POSTGRES_HOST FERRY_POSTGRES_PORT=$$FERRY_POSTGRES_PORT PATH="$(BIN):$$PATH" \
+	  target/release/bench_cutover $(RATE)
 
 ## ---- local cluster ----------------------------------------------------------
 .PHONY: tools
 tools: ## Build (or find cached) etcd, kube-*, kubectl, kwok and helm from the Go module proxy
 	$(CLUSTER)/build.sh
 
+.PHONY: monitoring-tools
+monitoring-tools: ## Build (or find cached) Prometheus, promtool, Alertmanager, kube-state-metrics, metrics-server and prometheus-operator from the Go module proxy, and their OCI archives in target/images/monitoring
+	tests/e2e/monitoring/images.sh
+
 .PHONY: cluster-up
-cluster-up: ## Start the local cluster; writes target/cluster/kubeconfig (MONITORING_CRDS=0 skips the Prometheus CRDs; NODE=real: a real node, see tests/e2e/cluster/real-node.sh)
+cluster-up: ## Start the local kwok cluster; writes target/cluster/kubeconfig (MONITORING_CRDS=0 skips the Prometheus CRDs)
 	$(CLUSTER)/up.sh
 
 .PHONY: cluster-down
-cluster-down: ## Stop every cluster process and remove its state (NODE=real: the real node, its netns and mounts)
+cluster-down: ## Stop every kwok cluster process and remove its state
 	$(CLUSTER)/down.sh
 
 ## ---- images, for machines with Docker --------------------------------------
 IMAGE_TAG ?= dev
 .PHONY: images-oci
-images-oci: ## Build the same images without Docker, as OCI archives in target/images (what the real node imports)
+images-oci: ## Build the same images without Docker, as OCI archives in target/images (what kind loads)
 	tests/e2e/images/build.sh
 
 .PHONY: images
@@ -116,15 +150,23 @@ images: ## Build the operator, order-service and inventory-service images with D
 	docker build -f services/order/Dockerfile -t ferry/order-service:$(IMAGE_TAG) .
 	docker build -f services/inventory/Dockerfile -t ferry/inventory-service:$(IMAGE_TAG) .
 
-## ---- kind, for machines with Docker ----------------------------------------
+## ---- kind: the real-pod tier ----------------------------------------------
 .PHONY: kind-up
-kind-up: ## Create a kind cluster and write its kubeconfig to target/cluster/kubeconfig
+kind-up: ## One-node kind cluster (v1.36.3) on Docker or a private dockerd, a PostgreSQL on its network, images loaded when built; kubeconfig in target/kind/
 	tests/e2e/kind/kind.sh up
 
+.PHONY: kind-load
+kind-load: ## Load the operator, order-service and inventory-service OCI archives of `make images-oci` into kind
+	tests/e2e/kind/kind.sh load
+
 .PHONY: kind-down
-kind-down: ## Delete the kind cluster
+kind-down: ## Delete the kind cluster and everything kind-up started; lists what it checked
 	tests/e2e/kind/kind.sh down
 
 .PHONY: bench-services
 bench-services: ## Service benchmarks (numbers, not tests): DeductStock, CreateOrder, bare tonic baseline, RSS
 	services/scripts/bench.sh
+
+.PHONY: bench-events
+bench-events: ## Order saga sync vs async (NATS JetStream) at the same load: p50/p99 CreateOrder->CONFIRMED, throughput, relay lag through a broker outage
+	services/scripts/bench-events.sh
