@@ -423,10 +423,7 @@ mod tests {
     }
 
     fn token(secret: &[u8], scope: &str, exp_offset: i64) -> String {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-        let claims = Claims { sub: "t".into(), exp: (now + exp_offset) as u64, scope: scope.into() };
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        crate::testing::hs256_token(secret, "t", scope, exp_offset)
     }
 
     fn bearer(t: &str) -> Vec<u8> {

@@ -2,12 +2,12 @@
 //! tracing span per call.
 //!
 //! A `grpc` span per call costs the span registry a slot, the log layer a formatted copy of
-//! its fields and an entry in the span's extensions, and every poll an enter and an exit: about
-//! 2 µs of a 30–40 µs call on the no-database benchmark, paid whether or not anything is
-//! logged. When no OpenTelemetry layer needs the span and logs are JSON, [`InCall`] instead
-//! makes the call's fields (trace id and method) the thread's current call while the call's
-//! future is polled, and [`WithCallFields`] adds them to a log line written meanwhile, under
-//! `span`, in the shape the `grpc` span gave it: `"span":{"trace_id":…,"method":…,"name":"grpc"}`.
+//! its fields and an entry in the span's extensions, and every poll an enter and an exit, paid
+//! whether or not anything is logged (the cost is measured in services/BENCHMARKS.md). When no
+//! OpenTelemetry layer needs the span and logs are JSON, [`InCall`] instead makes the call's
+//! fields (trace id and method) the thread's current call while the call's future is polled,
+//! and [`WithCallFields`] adds them to a log line written meanwhile, under `span`, in the shape
+//! the `grpc` span gave it: `"span":{"trace_id":…,"method":…,"name":"grpc"}`.
 
 use std::{
     cell::RefCell,
@@ -25,8 +25,9 @@ use tracing_subscriber::{
 };
 
 /// A trace id as 32 lowercase hex digits, on the stack. Recorded in a span as a `&str`, it
-/// costs the log formatter no `fmt` machinery (recording a `{:032x}` `Display` took about 2% of
-/// a server's CPU, most of it the formatting and escaping around it).
+/// costs the log formatter no `fmt` machinery (recording a `{:032x}` `Display` cost a measurable
+/// share of a server's CPU, most of it the formatting and escaping around it: see
+/// services/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy)]
 pub struct TraceIdHex([u8; 32]);
 

@@ -3,9 +3,8 @@
 //! The log layer formats a span's fields when the span is created, whether or not anything is
 //! logged inside it; with span export on, every gRPC call opens a `grpc` span (without export,
 //! calls open none: see `call_context`). tracing-subscriber's own `JsonFields` formats by
-//! building a `serde_json` map and serialising it: 5.9% of an inventory server's CPU under
-//! `ferry-bench --only middleware` when every call still opened a span (measured with `perf`).
-//! [`JsonSpanFields`] writes the same JSON object with no intermediate values.
+//! building a `serde_json` map and serialising it, a share of a server's CPU that `perf` showed
+//! under `ferry-bench --only middleware` (services/BENCHMARKS.md). [`JsonSpanFields`] writes the same JSON object with no intermediate values.
 //! The JSON event formatter parses it back only when an event inside the span is logged.
 
 use std::fmt::{self, Write as _};

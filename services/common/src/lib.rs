@@ -16,11 +16,14 @@
 //! - [`server`]: the layer stack and tonic transport settings.
 //! - [`health`]: drives `grpc.health.v1` and readiness from the database probe.
 //! - [`wire`]: header size limit and standard codes for undecodable or oversized requests.
+//! - [`db`]: the stores' SQLite and PostgreSQL pools, migrations, and sqlx error kinds.
+//! - `testing` (feature `testing`, for tests only): JWT minting and temporary SQLite databases.
 
 pub mod app;
 pub mod auth;
 pub mod call_context;
 pub mod config;
+pub mod db;
 pub mod deadline;
 pub mod fault;
 pub mod health;
@@ -32,4 +35,6 @@ pub mod server;
 pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wire;

@@ -84,9 +84,8 @@ impl Plumbing {
 ///
 /// No HTTP/2 keepalive: with it, hyper locks a per-connection mutex and reads the clock on every
 /// frame received, from the connection task and from each call's task, so the lock moved
-/// between the two cores on every call. In A/B runs of `ferry-bench --only middleware` (5 paired
-/// rounds each, same binary otherwise) the full stack's median GetStock ratio to bare tonic was
-/// 0.81x and 0.89x with it and 0.93x without. The kernel's TCP keepalive finds a vanished peer
+/// between the two cores on every call; A/B runs of `ferry-bench --only middleware` with only
+/// this switched are in services/BENCHMARKS.md. The kernel's TCP keepalive finds a vanished peer
 /// the same way, at no per-frame cost, and the maximum connection age bounds every connection's
 /// life anyway.
 ///

@@ -15,10 +15,12 @@ pub mod sqlite;
 #[cfg(test)]
 mod testing;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ferry_proto::domain::{DeductStock, ReleaseStock, Restock, SetStock, Sku};
+use ferry_service_common::db::Backend;
+pub use ferry_service_common::db::StoreOptions;
 
 /// Result of a deduction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,30 +73,7 @@ pub enum StoreError {
     Internal(String),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(err.to_string()),
-            sqlx::Error::Database(db) => {
-                // SQLite: 5 BUSY, 6 LOCKED (and extended codes 261, 262, 517, 773...).
-                // PostgreSQL: serialization failure, deadlock, lock timeout, shutdown, too many connections.
-                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                let sqlite_busy = code.parse::<u32>().map(|c| matches!(c & 0xff, 5 | 6)).unwrap_or(false);
-                let pg_transient =
-                    matches!(code.as_str(), "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300");
-                if sqlite_busy || pg_transient {
-                    StoreError::Unavailable(err.to_string())
-                } else {
-                    StoreError::Internal(err.to_string())
-                }
-            }
-            _ => StoreError::Internal(err.to_string()),
-        }
-    }
-}
+ferry_service_common::store_error_from_db!(StoreError);
 
 impl From<StoreError> for tonic::Status {
     fn from(err: StoreError) -> Self {
@@ -169,41 +148,14 @@ pub trait InventoryStore: Send + Sync + 'static {
     async fn ping(&self) -> bool;
 }
 
-/// Settings for opening a store.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// `sqlite://...` or `postgres://...`.
-    pub url: String,
-    /// Pool size (PostgreSQL; SQLite readers).
-    pub max_connections: u32,
-    /// How long a call may wait for a connection before answering UNAVAILABLE.
-    pub acquire_timeout: Duration,
-    /// PostgreSQL schema to use (created if missing); `None` = the default search path.
-    pub pg_schema: Option<String>,
-}
-
-impl StoreOptions {
-    /// Defaults for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-            pg_schema: None,
-        }
-    }
-}
-
 /// Opens the backend the URL names and runs its migrations.
 pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn InventoryStore>, StoreError> {
-    if opts.url.starts_with("postgres://") || opts.url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(opts).await?))
-    } else if opts.url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(opts).await?))
-    } else {
-        Err(StoreError::Internal(format!(
+    match Backend::of(&opts.url) {
+        Some(Backend::Postgres) => Ok(Arc::new(postgres::PgStore::connect(opts).await?)),
+        Some(Backend::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::connect(opts).await?)),
+        None => Err(StoreError::Internal(format!(
             "unsupported database URL scheme in `{}`: use sqlite:// or postgres://",
             opts.url.split(':').next().unwrap_or_default()
-        )))
+        ))),
     }
 }

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -20,14 +20,15 @@ use ferry_proto::{
     },
 };
 use ferry_service_common::{
-    auth::{Authenticator, Claims},
+    auth::Authenticator,
     shutdown::Stopped,
+    testing::{TempSqlite, hs256_token},
 };
 use inventory_service::{
     app::{self, Running, ServeOptions},
     store::{self, Deducted, InventoryStore, Released, StoreError, StoreOptions},
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{
@@ -72,16 +73,15 @@ impl InventoryStore for GatedStore {
 struct Fixture {
     running: Running,
     channel: Channel,
-    _dir: tempfile::TempDir,
+    _dir: TempSqlite,
 }
 
-async fn sqlite_store() -> (Arc<dyn InventoryStore>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
-    (store::open(&StoreOptions::new(url)).await.unwrap(), dir)
+async fn sqlite_store() -> (Arc<dyn InventoryStore>, TempSqlite) {
+    let db = TempSqlite::new("inv.db");
+    (store::open(&StoreOptions::new(db.url())).await.unwrap(), db)
 }
 
-async fn start_with(store: Arc<dyn InventoryStore>, dir: tempfile::TempDir, opts: ServeOptions) -> Fixture {
+async fn start_with(store: Arc<dyn InventoryStore>, dir: TempSqlite, opts: ServeOptions) -> Fixture {
     let running = app::start(store, opts).await.unwrap();
     let channel =
         Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();
@@ -127,9 +127,7 @@ where
 }
 
 fn token(scope: &str, exp_offset: i64, secret: &[u8]) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = Claims { sub: "tester".into(), exp: (now + exp_offset) as u64, scope: scope.into() };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    hs256_token(secret, "tester", scope, exp_offset)
 }
 
 fn with_auth<T>(msg: T, header: Option<String>) -> Request<T> {

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use ferry_proto::inventory::v1::{
     DeductStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient,
 };
-use ferry_service_common::telemetry::{self, TraceContext};
+use ferry_service_common::{
+    telemetry::{self, TraceContext},
+    testing::TempSqlite,
+};
 use inventory_service::{
     app::{self, ServeOptions},
     store::{self, StoreOptions},
@@ -76,9 +79,8 @@ async fn an_inventory_call_is_exported_over_otlp_in_the_trace_of_its_traceparent
         let subscriber = tracing_subscriber::registry().with(telemetry::otel_layer(&provider));
         let _guard = tracing::subscriber::set_default(subscriber);
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
-        let store = store::open(&StoreOptions::new(url)).await.expect("open the store");
+        let db = TempSqlite::new("inv.db");
+        let store = store::open(&StoreOptions::new(db.url())).await.expect("open the store");
         let running = app::start(Arc::clone(&store), ServeOptions::local()).await.expect("start inventory");
         let channel = Channel::from_shared(format!("http://{}", running.grpc_addr))
             .expect("uri")

@@ -134,14 +134,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 }
 
 fn hs256_token(secret: &[u8], scope: &str) -> String {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
-    let claims = ferry_service_common::auth::Claims { sub: "tester".into(), exp, scope: scope.into() };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .unwrap()
+    ferry_service_common::testing::hs256_token(secret, "tester", scope, 600)
 }
 
 /// A GetStock call with `token`; its status code.

@@ -1,30 +1,25 @@
 //! The per-client rate limit on a real server (127.0.0.1:0): a client over its rate gets
 //! RESOURCE_EXHAUSTED, another client does not, and health stays open.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use ferry_proto::inventory::v1::{GetStockRequest, inventory_service_client::InventoryServiceClient};
-use ferry_service_common::auth::{Authenticator, Claims};
+use ferry_service_common::{
+    auth::Authenticator,
+    testing::{hs256_token, sqlite_url},
+};
 use inventory_service::{
     app::{self, ServeOptions},
     store::{self, StoreOptions},
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 const SECRET: &[u8] = b"rate-limit-test-secret";
 
 fn bearer(sub: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs();
-    let claims = Claims { sub: sub.into(), exp: now + 600, scope: "inventory:read".into() };
-    let token =
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET))
-            .expect("encode token");
-    format!("Bearer {token}")
+    format!("Bearer {}", hs256_token(SECRET, sub, "inventory:read", 600))
 }
 
 async fn get_stock(client: &mut InventoryServiceClient<Channel>, auth: &str) -> Code {
@@ -42,8 +37,9 @@ async fn a_client_over_its_rate_gets_resource_exhausted_and_others_do_not() {
         let dir = tempfile::tempdir().expect("temp dir");
         let key = dir.path().join("key");
         std::fs::write(&key, SECRET).expect("write key");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
-        let store = store::open(&StoreOptions::new(url)).await.expect("open the store");
+        let store = store::open(&StoreOptions::new(sqlite_url(&dir.path().join("inv.db"))))
+            .await
+            .expect("open the store");
         let auth =
             Authenticator::from_key_file(Algorithm::HS256, &key, app::scopes()).expect("authenticator");
         let running =

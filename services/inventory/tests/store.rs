@@ -8,17 +8,17 @@ use std::{sync::Arc, time::Duration};
 use ferry_proto::domain::{
     DeductStock, Quantity, ReleaseStock, RequestId, Restock, SetStock, Sku, StockLevel,
 };
+use ferry_service_common::testing::TempSqlite;
 use inventory_service::store::{self, Deducted, InventoryStore, StoreError, StoreOptions};
 
 struct Backend {
     store: Arc<dyn InventoryStore>,
-    _dir: Option<tempfile::TempDir>,
+    _dir: Option<TempSqlite>,
 }
 
 async fn sqlite() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
-    Backend { store: store::open(&StoreOptions::new(url)).await.unwrap(), _dir: Some(dir) }
+    let db = TempSqlite::new("inv.db");
+    Backend { store: store::open(&StoreOptions::new(db.url())).await.unwrap(), _dir: Some(db) }
 }
 
 async fn postgres() -> Option<Backend> {
@@ -249,9 +249,8 @@ contract!(
 
 #[tokio::test]
 async fn sqlite_database_is_created_in_a_missing_data_dir() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("nested/deeper/inv.db").display());
-    let store = store::open(&StoreOptions::new(url)).await.unwrap();
+    let db = TempSqlite::new("nested/deeper/inv.db");
+    let store = store::open(&StoreOptions::new(db.url())).await.unwrap();
     assert!(store.ping().await);
     let _ = Duration::ZERO;
 }

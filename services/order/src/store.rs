@@ -10,13 +10,15 @@ mod sql;
 
 pub use sql::{PgOrderStore, SqliteOrderStore};
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use ferry_proto::{
     domain::{CustomerId, OrderLine},
     order::v1 as pb,
 };
+pub use ferry_service_common::db::StoreOptions;
+use ferry_service_common::db::{self, Backend, Migrator, SqlitePools};
 
 /// Lifecycle of an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,28 +204,7 @@ pub enum StoreError {
     Internal(String),
 }
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        match &err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(err.to_string()),
-            sqlx::Error::Database(db) => {
-                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                let sqlite_busy = code.parse::<u32>().map(|c| matches!(c & 0xff, 5 | 6)).unwrap_or(false);
-                let pg_transient =
-                    matches!(code.as_str(), "40001" | "40P01" | "55P03" | "57P01" | "57P03" | "53300");
-                if sqlite_busy || pg_transient {
-                    Self::Unavailable(err.to_string())
-                } else {
-                    Self::Internal(err.to_string())
-                }
-            }
-            _ => Self::Internal(err.to_string()),
-        }
-    }
-}
+ferry_service_common::store_error_from_db!(StoreError);
 
 impl From<StoreError> for tonic::Status {
     fn from(err: StoreError) -> Self {
@@ -411,88 +392,22 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn ping(&self) -> bool;
 }
 
-/// Settings for opening a store.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// `sqlite://...` or `postgres://...`.
-    pub url: String,
-    /// Pool size.
-    pub max_connections: u32,
-    /// Wait for a connection before answering UNAVAILABLE.
-    pub acquire_timeout: Duration,
-    /// PostgreSQL schema (created if missing).
-    pub pg_schema: Option<String>,
-}
-
-impl StoreOptions {
-    /// Defaults for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-            pg_schema: None,
-        }
-    }
-}
-
 /// Opens the backend the URL names and runs its migrations.
 pub async fn open(opts: &StoreOptions) -> Result<Arc<dyn OrderStore>, StoreError> {
-    use sqlx::{
-        postgres::{PgConnectOptions, PgPoolOptions},
-        sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    };
-    if opts.url.starts_with("postgres://") || opts.url.starts_with("postgresql://") {
-        let mut options = PgConnectOptions::from_str(&opts.url)?;
-        if let Some(schema) = &opts.pg_schema {
-            if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(StoreError::Internal(format!("invalid schema name `{schema}`")));
-            }
-            let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-                .execute(&admin)
-                .await?;
-            admin.close().await;
-            options = options.options([("search_path", schema.as_str())]);
+    static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+    static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+    match Backend::of(&opts.url) {
+        Some(Backend::Postgres) => {
+            let pool = db::open_postgres(opts, &POSTGRES).await?;
+            Ok(Arc::new(PgOrderStore::new(pool.clone(), pool)))
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(opts.max_connections.max(1))
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Internal(format!("migrations: {e}")))?;
-        Ok(Arc::new(PgOrderStore::new(pool.clone(), pool)))
-    } else if opts.url.starts_with("sqlite:") {
-        let options = SqliteConnectOptions::from_str(&opts.url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(opts.acquire_timeout);
-        if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Internal(format!("creating data dir {}: {e}", parent.display())))?;
+        Some(Backend::Sqlite) => {
+            let SqlitePools { writer, reader } = db::open_sqlite(opts, &SQLITE).await?;
+            Ok(Arc::new(SqliteOrderStore::new(writer, reader)))
         }
-        // NB: one writer connection, so writers queue instead of failing with SQLITE_BUSY.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Internal(format!("migrations: {e}")))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(opts.max_connections.clamp(1, 8))
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(options.read_only(true))
-            .await?;
-        Ok(Arc::new(SqliteOrderStore::new(writer, reader)))
-    } else {
-        Err(StoreError::Internal("unsupported database URL scheme: use sqlite:// or postgres://".into()))
+        None => {
+            Err(StoreError::Internal("unsupported database URL scheme: use sqlite:// or postgres://".into()))
+        }
     }
 }
 

@@ -332,7 +332,7 @@ async fn the_relay_publishes_in_outbox_order_with_event_ids_as_message_ids_and_r
     stop_b.cancel();
     let _ = (task_a.await, task_b.await);
     let Database::Sqlite(dir) = &db else { unreachable!() };
-    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("orders.db").display()))
+    let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.dir().join("orders.db").display()))
         .await
         .unwrap();
     sqlx::query("UPDATE outbox SET sent_at_ms = NULL").execute(&raw).await.unwrap();

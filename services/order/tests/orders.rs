@@ -23,6 +23,7 @@ use ferry_proto::{
         order_service_client::OrderServiceClient,
     },
 };
+use ferry_service_common::testing::TempSqlite;
 use inventory_service::{
     api::{InventoryApi, InventoryMetrics},
     store::{Deducted, InventoryStore, Released, StoreError},
@@ -85,10 +86,9 @@ impl InventoryStore for FlakyStore {
     }
 }
 
-async fn flaky_inventory_store(dir: &tempfile::TempDir) -> Arc<FlakyStore> {
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
+async fn flaky_inventory_store(db: &TempSqlite) -> Arc<FlakyStore> {
     let inner =
-        inventory_service::store::open(&inventory_service::store::StoreOptions::new(url)).await.unwrap();
+        inventory_service::store::open(&inventory_service::store::StoreOptions::new(db.url())).await.unwrap();
     Arc::new(FlakyStore {
         inner,
         down: AtomicBool::new(false),
@@ -125,7 +125,7 @@ struct Shop {
     inventory: InventoryServiceClient<Channel>,
     flaky: Arc<FlakyStore>,
     shutdown: CancellationToken,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _dirs: (TempSqlite, TempSqlite),
 }
 
 impl Drop for Shop {
@@ -143,12 +143,11 @@ fn client_settings() -> ClientSettings {
 }
 
 async fn shop() -> Shop {
-    let inv_dir = tempfile::tempdir().unwrap();
+    let inv_dir = TempSqlite::new("inv.db");
     let flaky = flaky_inventory_store(&inv_dir).await;
     let inventory_channel = inventory_over_duplex(flaky.clone());
-    let ord_dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", ord_dir.path().join("orders.db").display());
-    let store = order_store::open(&StoreOptions::new(url)).await.unwrap();
+    let ord_dir = TempSqlite::new("orders.db");
+    let store = order_store::open(&StoreOptions::new(ord_dir.url())).await.unwrap();
     let shutdown = CancellationToken::new();
     let running = app::start(
         store,
@@ -658,9 +657,8 @@ mod order_store_contract {
 
     #[tokio::test]
     async fn sqlite_order_store_keeps_the_contract() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
-        contract(order_store::open(&StoreOptions::new(url)).await.unwrap()).await;
+        let db = TempSqlite::new("o.db");
+        contract(order_store::open(&StoreOptions::new(db.url())).await.unwrap()).await;
     }
 
     #[tokio::test]

@@ -5,18 +5,16 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ferry_service_common::auth::{Authenticator, Claims};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ferry_service_common::{auth::Authenticator, testing::hs256_token};
+use jsonwebtoken::Algorithm;
 use support::{Inventory, eventually, order, process::OrderProcess, with_deadline};
 
 const SECRET: &[u8] = b"inventory-secret";
 
 fn token(secret: &[u8], scope: &str) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
-    let claims = Claims { sub: "order-service".into(), exp, scope: scope.into() };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    hs256_token(secret, "order-service", scope, 600)
 }
 
 /// Replaces `path` atomically (write a sibling, then rename), as a Secret update does.

@@ -18,15 +18,12 @@
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    str::FromStr,
 };
 
 use async_trait::async_trait;
 use ferry_proto::domain::{DeductStock, MAX_STOCK, ReleaseStock, Restock, SetStock, Sku};
-use sqlx::{
-    PgPool, Row,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use ferry_service_common::db::{self, Migrator};
+use sqlx::{PgPool, Row};
 use tokio::sync::Mutex;
 
 use super::{
@@ -34,6 +31,8 @@ use super::{
     batch::{Lane, Outcome},
     now_ms,
 };
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
 const STRIPES: usize = 256;
 /// Deduction lanes (writer tasks); each holds at most one connection at a time.
@@ -50,27 +49,7 @@ pub struct PgStore {
 impl PgStore {
     /// Connects, creates the schema if one is configured, and runs migrations.
     pub async fn connect(opts: &StoreOptions) -> Result<Self, StoreError> {
-        let mut options = PgConnectOptions::from_str(&opts.url)?;
-        if let Some(schema) = &opts.pg_schema {
-            if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || schema.is_empty() {
-                return Err(StoreError::Internal(format!("invalid schema name `{schema}`")));
-            }
-            let admin = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-                .execute(&admin)
-                .await?;
-            admin.close().await;
-            options = options.options([("search_path", schema.as_str())]);
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(opts.max_connections.max(1))
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Internal(format!("migrations: {e}")))?;
+        let pool = db::open_postgres(opts, &MIGRATIONS).await?;
         let lanes = (0..LANES)
             .map(|_| {
                 let pool = pool.clone();

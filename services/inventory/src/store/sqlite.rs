@@ -6,20 +6,18 @@
 //! [`Lane`]: the writer runs every deduction that queued up while it was busy in one
 //! transaction (group commit), answering each caller after the commit.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use ferry_proto::domain::{DeductStock, MAX_STOCK, ReleaseStock, Restock, SetStock, Sku};
-use sqlx::{
-    Row, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-};
+use ferry_service_common::db::{self, Migrator, SqlitePools};
+use sqlx::{Row, SqlitePool};
 
 use super::{
     Deducted, InventoryStore, Released, RequestRecord, StoreError, StoreOptions,
     batch::{Lane, Outcome},
     now_ms,
 };
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// See the module docs.
 #[derive(Debug, Clone)]
@@ -32,30 +30,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database and runs migrations.
     pub async fn connect(opts: &StoreOptions) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(&opts.url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(opts.acquire_timeout)
-            .foreign_keys(true);
-        if let Some(parent) = options.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Internal(format!("creating data dir {}: {e}", parent.display())))?;
-        }
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
-            .await
-            .map_err(|e| StoreError::Internal(format!("migrations: {e}")))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(opts.max_connections.clamp(1, 8))
-            .acquire_timeout(opts.acquire_timeout)
-            .connect_with(options.read_only(true))
-            .await?;
+        let SqlitePools { writer, reader } = db::open_sqlite(opts, &MIGRATIONS).await?;
         let deductions = {
             let writer = writer.clone();
             Lane::spawn(move |cmds| deduct_batch(writer.clone(), cmds))
@@ -270,14 +245,16 @@ impl InventoryStore for SqliteStore {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use ferry_service_common::testing::TempSqlite;
+
     use super::*;
     use crate::store::testing::{
         assert_only_the_poisoned_request_failed, deduct, mixed_batch, poisoned_batch, sku, stock_a5_b1,
     };
 
-    async fn store() -> (SqliteStore, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
+    async fn store() -> (SqliteStore, TempSqlite) {
+        let dir = TempSqlite::new("inv.db");
+        let url = dir.url();
         let store = SqliteStore::connect(&StoreOptions::new(url)).await.unwrap();
         stock_a5_b1(&store).await;
         (store, dir)

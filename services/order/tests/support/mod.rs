@@ -23,6 +23,7 @@ use ferry_proto::{
         order_service_client::OrderServiceClient,
     },
 };
+use ferry_service_common::testing::TempSqlite;
 use inventory_service::{
     api::{InventoryApi, InventoryMetrics},
     store::{Deducted, InventoryStore, Released, StoreError},
@@ -145,16 +146,16 @@ pub struct Inventory {
     /// The metrics address, when started over TCP.
     pub http: Option<std::net::SocketAddr>,
     _stop: Option<StopOnDrop>,
-    _dir: tempfile::TempDir,
+    _dir: TempSqlite,
 }
 
 impl Inventory {
-    async fn store() -> (Arc<InstrumentedStore>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("inv.db").display());
-        let inner =
-            inventory_service::store::open(&inventory_service::store::StoreOptions::new(url)).await.unwrap();
-        (InstrumentedStore::new(inner), dir)
+    async fn store() -> (Arc<InstrumentedStore>, TempSqlite) {
+        let db = TempSqlite::new("inv.db");
+        let inner = inventory_service::store::open(&inventory_service::store::StoreOptions::new(db.url()))
+            .await
+            .unwrap();
+        (InstrumentedStore::new(inner), db)
     }
 
     /// Reachable over in-memory pipes only.
@@ -248,7 +249,7 @@ pub fn over_duplex(store: Arc<dyn InventoryStore>) -> Channel {
 
 /// Where order replicas keep their orders.
 pub enum Database {
-    Sqlite(tempfile::TempDir),
+    Sqlite(TempSqlite),
     /// A PostgreSQL URL and a schema of this test's own.
     Postgres {
         url: String,
@@ -258,7 +259,7 @@ pub enum Database {
 
 impl Database {
     pub fn sqlite() -> Self {
-        Self::Sqlite(tempfile::tempdir().unwrap())
+        Self::Sqlite(TempSqlite::new("orders.db"))
     }
 
     /// `None` (after printing `SKIPPED:`) when `FERRY_TEST_POSTGRES_URL` is not set.
@@ -273,9 +274,7 @@ impl Database {
     pub fn store_options(&self) -> order_service::store::StoreOptions {
         use order_service::store::StoreOptions;
         match self {
-            Self::Sqlite(dir) => {
-                StoreOptions::new(format!("sqlite://{}?mode=rwc", dir.path().join("orders.db").display()))
-            }
+            Self::Sqlite(db) => StoreOptions::new(db.url()),
             Self::Postgres { url, schema } => {
                 StoreOptions { pg_schema: Some(schema.clone()), max_connections: 8, ..StoreOptions::new(url) }
             }
