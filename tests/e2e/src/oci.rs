@@ -2,30 +2,39 @@
 //! on a node that can reach no registry.
 //!
 //! One uncompressed layer (containerd 1.6 accepts
-//! `application/vnd.oci.image.layer.v1.tar`, and skipping gzip keeps the
-//! dependencies to `sha2`), the config, the manifest and an OCI image layout
-//! (`oci-layout`, `index.json`, `blobs/sha256/…`) in one tar. Both tars are
-//! written here: ustar is a few dozen lines, and owning the writer is what makes
-//! the output byte-for-byte reproducible (mtime 0, owner 0:0, sorted entries),
-//! so unchanged inputs give an unchanged image digest.
+//! `application/vnd.oci.image.layer.v1.tar`, and skipping gzip spares a
+//! compressor), the config, the manifest and an OCI image layout
+//! (`oci-layout`, `index.json`, `blobs/sha256/…`) in one tar. The tars are
+//! written by the `tar` crate and the JSON documents are `oci-spec` types; what
+//! is chosen here is what makes the output byte-for-byte reproducible (mtime 0,
+//! owner 0:0, sorted entries, sorted JSON keys), so unchanged inputs give an
+//! unchanged image digest.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    io::Read,
     path::{Component, Path, PathBuf},
     process::Command,
+    str::FromStr,
 };
 
-use serde_json::{Value, json};
+use oci_spec::{
+    OciSpecError,
+    image::{
+        ANNOTATION_REF_NAME, Arch, ConfigBuilder, Descriptor, DigestAlgorithm, HistoryBuilder,
+        ImageConfiguration, ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest,
+        ImageManifestBuilder, MediaType, OciLayout, OciLayoutBuilder, Os, PlatformBuilder, RootFsBuilder,
+        SCHEMA_VERSION, Sha256Digest,
+    },
+};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tar::{EntryType, Header};
 
-pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 /// `ctr images import` names an image after this annotation, verbatim.
 pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// The OCI layout's own tag, for tools like `umoci --image dir:TAG`.
-pub const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub const OCI_REF_NAME: &str = ANNOTATION_REF_NAME;
 /// Every timestamp in the image, for reproducibility (as ko and rules_oci do).
 pub const EPOCH: &str = "1970-01-01T00:00:00Z";
 /// Docker's default, which distroless images set too.
@@ -39,8 +48,10 @@ pub enum OciError {
     Name { name: String, reason: &'static str },
     #[error("--add {0:?}: expected SOURCE:/absolute/destination")]
     Add(String),
-    #[error("path {0:?} does not fit a ustar header")]
-    PathTooLong(String),
+    #[error("path {path:?} cannot be stored in a ustar header: {source}")]
+    UstarPath { path: String, source: std::io::Error },
+    #[error("writing the archive: {0}")]
+    Tar(std::io::Error),
     #[error("ldd {}: {message}", binary.display())]
     Ldd { binary: PathBuf, message: String },
     #[error("invalid archive: {0}")]
@@ -195,7 +206,7 @@ impl Layer {
 
     /// The layer as an uncompressed tar.
     pub fn to_tar(&self) -> Result<Vec<u8>> {
-        let mut tar = TarWriter::default();
+        let mut tar = TarWriter::new();
         for (path, entry) in &self.entries {
             match entry {
                 Entry::Dir { mode } => tar.dir(&format!("{path}/"), *mode)?,
@@ -203,7 +214,7 @@ impl Layer {
                 Entry::Symlink { target } => tar.symlink(path, target)?,
             }
         }
-        Ok(tar.finish())
+        tar.finish()
     }
 }
 
@@ -258,48 +269,55 @@ pub fn parse_ldd(output: &str) -> Result<Vec<PathBuf>, String> {
     Ok(libraries)
 }
 
-/// An OCI content descriptor for `data`.
-fn descriptor(media_type: &str, data: &[u8]) -> Value {
-    json!({ "mediaType": media_type, "digest": sha256(data), "size": data.len() })
-}
-
+/// A `sha256:…` digest of `data`.
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(data))
 }
 
-/// The image config blob (the `config` object is Docker's runtime config).
-pub fn config_json(config: &ImageConfig, layer_tar: &[u8]) -> Value {
+/// An OCI content descriptor for `data`.
+fn descriptor(media_type: MediaType, data: &[u8]) -> Result<Descriptor> {
+    let hex = format!("{:x}", Sha256::digest(data));
+    let digest = Sha256Digest::from_str(&hex).map_err(spec_error("digest"))?;
+    Ok(Descriptor::new(media_type, data.len() as u64, digest))
+}
+
+fn spec_error(what: &'static str) -> impl Fn(OciSpecError) -> OciError {
+    move |e| OciError::Invalid(format!("{what}: {e}"))
+}
+
+/// The image config blob (its `config` object is Docker's runtime config).
+pub fn image_configuration(config: &ImageConfig, layer_tar: &[u8]) -> Result<ImageConfiguration> {
     let mut env = Vec::new();
     if !config.env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(DEFAULT_PATH.to_string());
     }
     env.extend(config.env.iter().cloned());
-    let ports: serde_json::Map<String, Value> = config
+    let ports: Vec<String> = config
         .exposed_ports
         .iter()
-        .map(|p| {
-            let port = if p.contains('/') { p.clone() } else { format!("{p}/tcp") };
-            (port, json!({}))
-        })
+        .map(|p| if p.contains('/') { p.clone() } else { format!("{p}/tcp") })
         .collect();
-    let mut runtime = json!({ "Env": env, "Entrypoint": config.entrypoint });
+    let mut runtime = ConfigBuilder::default().env(env).entrypoint(config.entrypoint.clone());
     if let Some(user) = &config.user {
-        runtime["User"] = json!(user);
+        runtime = runtime.user(user.clone());
     }
     if !ports.is_empty() {
-        runtime["ExposedPorts"] = Value::Object(ports);
+        runtime = runtime.exposed_ports(ports);
     }
+    let rootfs = RootFsBuilder::default().typ("layers").diff_ids(vec![sha256(layer_tar)]);
+    let history = HistoryBuilder::default().created(EPOCH).created_by("ferry-e2e oci_image");
     // The epoch, not the build time, so the digest depends on the inputs
     // alone; present at all because some readers (umoci 0.4 stat) crash
     // without it.
-    json!({
-        "created": EPOCH,
-        "architecture": "amd64",
-        "os": "linux",
-        "config": runtime,
-        "rootfs": { "type": "layers", "diff_ids": [sha256(layer_tar)] },
-        "history": [{ "created": EPOCH, "created_by": "ferry-e2e oci_image" }],
-    })
+    ImageConfigurationBuilder::default()
+        .created(EPOCH)
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(runtime.build().map_err(spec_error("config"))?)
+        .rootfs(rootfs.build().map_err(spec_error("rootfs"))?)
+        .history(vec![history.build().map_err(spec_error("history"))?])
+        .build()
+        .map_err(spec_error("image configuration"))
 }
 
 /// The whole OCI layout tar, naming the image once per entry of `names`
@@ -309,124 +327,126 @@ pub fn build_archive(names: &[String], config: &ImageConfig, layer: &Layer) -> R
         return Err(OciError::Invalid("no image name".to_string()));
     }
     let layer_tar = layer.to_tar()?;
-    let config_blob = to_json(&config_json(config, &layer_tar));
-    let manifest = to_json(&json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": descriptor(CONFIG_MEDIA_TYPE, &config_blob),
-        "layers": [descriptor(LAYER_MEDIA_TYPE, &layer_tar)],
-    }));
+    let config_blob = to_json(&image_configuration(config, &layer_tar)?)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MediaType::ImageConfig, &config_blob)?)
+        .layers(vec![descriptor(MediaType::ImageLayer, &layer_tar)?])
+        .build()
+        .map_err(spec_error("manifest"))?;
+    let manifest = to_json(&manifest)?;
+    let platform = PlatformBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .build()
+        .map_err(spec_error("platform"))?;
     let mut manifests = Vec::new();
     for name in names {
-        let mut entry = descriptor(MANIFEST_MEDIA_TYPE, &manifest);
-        entry["annotations"] = json!({ CONTAINERD_NAME: name, OCI_REF_NAME: image_tag(name)? });
-        entry["platform"] = json!({ "architecture": "amd64", "os": "linux" });
+        let mut entry = descriptor(MediaType::ImageManifest, &manifest)?;
+        entry.set_annotations(Some(HashMap::from([
+            (CONTAINERD_NAME.to_string(), name.clone()),
+            (OCI_REF_NAME.to_string(), image_tag(name)?.to_string()),
+        ])));
+        entry.set_platform(Some(platform.clone()));
         manifests.push(entry);
     }
-    let index = to_json(&json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX_MEDIA_TYPE,
-        "manifests": manifests,
-    }));
+    let index = ImageIndexBuilder::default()
+        .schema_version(SCHEMA_VERSION)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .map_err(spec_error("index"))?;
+    let index = to_json(&index)?;
+    let layout = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()
+        .map_err(spec_error("oci-layout"))?;
 
     let mut blobs = BTreeMap::new();
     for blob in [&layer_tar, &config_blob, &manifest] {
-        blobs.insert(sha256(blob), blob.as_slice());
+        blobs.insert(format!("{:x}", Sha256::digest(blob)), blob.as_slice());
     }
-    let mut tar = TarWriter::default();
-    tar.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut tar = TarWriter::new();
+    tar.file("oci-layout", 0o644, &to_json(&layout)?)?;
     tar.file("index.json", 0o644, &index)?;
     tar.dir("blobs/", 0o755)?;
     tar.dir("blobs/sha256/", 0o755)?;
-    for (digest, blob) in blobs {
-        let hex = digest.trim_start_matches("sha256:");
+    for (hex, blob) in blobs {
         tar.file(&format!("blobs/sha256/{hex}"), 0o644, blob)?;
     }
-    Ok(tar.finish())
+    tar.finish()
 }
 
-fn to_json(value: &Value) -> Vec<u8> {
-    // Serialising a `Value` built here cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// Compact JSON with every object's keys sorted: oci-spec keeps annotations
+/// and exposed ports in `HashMap`s, whose order changes from run to run, and
+/// the bytes (hence the digests) must depend on the content alone.
+fn to_json(document: &impl Serialize) -> Result<Vec<u8>> {
+    let json_error = |e: serde_json::Error| OciError::Invalid(format!("JSON: {e}"));
+    let mut value = serde_json::to_value(document).map_err(json_error)?;
+    value.sort_all_objects();
+    serde_json::to_vec(&value).map_err(json_error)
 }
 
-/// A minimal ustar writer: regular files, directories and symlinks only.
-#[derive(Default)]
+/// A `tar::Builder` whose every entry is owned by 0:0 at mtime 0, in ustar
+/// headers (no GNU long names: a path that does not fit is an error).
 struct TarWriter {
-    out: Vec<u8>,
+    builder: tar::Builder<Vec<u8>>,
 }
 
 impl TarWriter {
-    fn header(&mut self, path: &str, mode: u32, size: usize, kind: u8, link: &str) -> Result<()> {
-        let mut h = [0u8; 512];
-        let (prefix, name) = split_ustar_path(path)?;
-        if link.len() > 100 {
-            return Err(OciError::PathTooLong(link.to_string()));
-        }
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        octal(&mut h[100..108], u64::from(mode));
-        octal(&mut h[108..116], 0);
-        octal(&mut h[116..124], 0);
-        octal(&mut h[124..136], size as u64);
-        octal(&mut h[136..148], 0);
-        h[156] = kind;
-        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        octal(&mut h[329..337], 0);
-        octal(&mut h[337..345], 0);
-        h[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
-        // The checksum is summed with its own field read as spaces.
-        h[148..156].fill(b' ');
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        self.out.extend_from_slice(&h);
-        Ok(())
+    fn new() -> Self {
+        Self { builder: tar::Builder::new(Vec::new()) }
+    }
+
+    fn header(path: &str, kind: EntryType, mode: u32, size: usize) -> Result<Header> {
+        let mut header = Header::new_ustar();
+        header.set_path(path).map_err(|source| OciError::UstarPath { path: path.to_string(), source })?;
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(size as u64);
+        // Written as zeros in octal, as GNU tar and Go's archive/tar do.
+        header.set_device_major(0).map_err(OciError::Tar)?;
+        header.set_device_minor(0).map_err(OciError::Tar)?;
+        Ok(header)
+    }
+
+    fn append(&mut self, mut header: Header, data: &[u8]) -> Result<()> {
+        header.set_cksum();
+        // The checksum as GNU tar and Go's archive/tar spell it (six digits,
+        // NUL, space) rather than the crate's seven digits and NUL: the same
+        // value, and the archives stay byte-for-byte those of the ustar
+        // writer this replaced, so image digests did not change.
+        let sum = header.cksum().map_err(OciError::Tar)?;
+        header.as_old_mut().cksum.copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        self.builder.append(&header, data).map_err(OciError::Tar)
     }
 
     fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
-        self.header(path, mode, data.len(), b'0', "")?;
-        self.out.extend_from_slice(data);
-        self.out.resize(self.out.len().next_multiple_of(512), 0);
-        Ok(())
+        let header = Self::header(path, EntryType::Regular, mode, data.len())?;
+        self.append(header, data)
     }
 
     fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
-        self.header(path, mode, 0, b'5', "")
+        let header = Self::header(path, EntryType::Directory, mode, 0)?;
+        self.append(header, &[])
     }
 
     fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
-        self.header(path, 0o777, 0, b'2', target)
+        let mut header = Self::header(path, EntryType::Symlink, 0o777, 0)?;
+        header
+            .set_link_name(target)
+            .map_err(|source| OciError::UstarPath { path: target.to_string(), source })?;
+        self.append(header, &[])
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        self.out.extend_from_slice(&[0u8; 1024]);
-        self.out
+    /// The archive, closed by its two zero blocks.
+    fn finish(self) -> Result<Vec<u8>> {
+        self.builder.into_inner().map_err(OciError::Tar)
     }
-}
-
-/// Zero-padded octal, NUL-terminated, filling `field`.
-fn octal(field: &mut [u8], value: u64) {
-    let width = field.len() - 1;
-    let text = format!("{value:0width$o}");
-    field[..width].copy_from_slice(&text.as_bytes()[text.len() - width..]);
-    field[width] = 0;
-}
-
-/// ustar stores paths over 100 bytes as `prefix/name`, split at a `/`.
-fn split_ustar_path(path: &str) -> Result<(&str, &str)> {
-    if path.len() <= 100 {
-        return Ok(("", path));
-    }
-    let too_long = || OciError::PathTooLong(path.to_string());
-    // A directory's trailing slash stays with the name.
-    let search_end = path.len().saturating_sub(1);
-    path[..search_end]
-        .char_indices()
-        .filter(|&(i, c)| c == '/' && i <= 155 && path.len() - i - 1 <= 100)
-        .map(|(i, _)| (&path[..i], &path[i + 1..]))
-        .next()
-        .ok_or_else(too_long)
 }
 
 /// One entry read back from a tar.
@@ -437,59 +457,39 @@ pub struct TarEntry {
     pub uid: u64,
     pub gid: u64,
     pub mtime: u64,
+    /// The ustar type flag: `b'0'` file, `b'2'` symlink, `b'5'` directory.
     pub kind: u8,
     pub link: String,
     pub data: Vec<u8>,
 }
 
-/// Reads a ustar archive (as written above, or by GNU tar for plain files).
+/// Reads a tar archive (checksums verified by the `tar` crate).
 pub fn read_tar(bytes: &[u8]) -> Result<Vec<TarEntry>> {
-    let bad = |what: &str| OciError::Invalid(what.to_string());
+    let invalid = |e: std::io::Error| OciError::Invalid(format!("tar: {e}"));
+    let mut archive = tar::Archive::new(bytes);
     let mut entries = Vec::new();
-    let mut at = 0;
-    while at + 512 <= bytes.len() {
-        let h = &bytes[at..at + 512];
-        if h.iter().all(|&b| b == 0) {
-            return Ok(entries);
-        }
-        let stored: u32 = field_octal(&h[148..156]).ok_or_else(|| bad("checksum field"))? as u32;
-        let sum: u32 = h
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| u32::from(if (148..156).contains(&i) { b' ' } else { b }))
-            .sum();
-        if stored != sum {
-            return Err(bad("header checksum mismatch"));
-        }
-        let size = field_octal(&h[124..136]).ok_or_else(|| bad("size field"))? as usize;
-        let name = field_str(&h[..100]);
-        let prefix = field_str(&h[345..500]);
-        let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let start = at + 512;
-        let data = bytes.get(start..start + size).ok_or_else(|| bad("truncated entry"))?.to_vec();
+    for entry in archive.entries().map_err(invalid)? {
+        let mut entry = entry.map_err(invalid)?;
+        let header = entry.header();
+        let (mode, uid, gid, mtime) = (header.mode(), header.uid(), header.gid(), header.mtime());
+        let kind = header.entry_type().as_byte();
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let link =
+            entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).map_err(invalid)?;
         entries.push(TarEntry {
             path,
-            mode: field_octal(&h[100..108]).unwrap_or_default() as u32,
-            uid: field_octal(&h[108..116]).unwrap_or_default(),
-            gid: field_octal(&h[116..124]).unwrap_or_default(),
-            mtime: field_octal(&h[136..148]).unwrap_or_default(),
-            kind: h[156],
-            link: field_str(&h[157..257]),
+            mode: mode.map_err(invalid)?,
+            uid: uid.map_err(invalid)?,
+            gid: gid.map_err(invalid)?,
+            mtime: mtime.map_err(invalid)?,
+            kind,
+            link,
             data,
         });
-        at = start + size.next_multiple_of(512);
     }
-    Err(bad("no end-of-archive marker"))
-}
-
-fn field_str(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-fn field_octal(field: &[u8]) -> Option<u64> {
-    let text = field_str(field);
-    u64::from_str_radix(text.trim(), 8).ok()
+    Ok(entries)
 }
 
 /// What an archive holds, after checking that every descriptor's digest and
@@ -499,7 +499,7 @@ pub struct Inspection {
     /// `io.containerd.image.name` of each index entry.
     pub names: Vec<String>,
     pub manifest_digest: String,
-    pub config: Value,
+    pub config: ImageConfiguration,
     pub layer: Vec<TarEntry>,
 }
 
@@ -509,72 +509,71 @@ pub fn inspect_archive(archive: &[u8]) -> Result<Inspection> {
     let bad = |what: String| OciError::Invalid(what);
     let files: BTreeMap<String, Vec<u8>> =
         read_tar(archive)?.into_iter().filter(|e| e.kind == b'0').map(|e| (e.path, e.data)).collect();
-    let json_file = |path: &str| -> Result<Value> {
-        let data = files.get(path).ok_or_else(|| bad(format!("{path} missing")))?;
-        serde_json::from_slice(data).map_err(|e| bad(format!("{path}: {e}")))
-    };
-    let blob = |desc: &Value, media_type: &str| -> Result<&Vec<u8>> {
-        let digest = desc["digest"].as_str().unwrap_or_default();
-        if desc["mediaType"] != media_type {
+    let file = |path: &str| files.get(path).ok_or_else(|| bad(format!("{path} missing")));
+    let blob = |desc: &Descriptor, media_type: MediaType| -> Result<&Vec<u8>> {
+        let digest = desc.digest();
+        if desc.media_type() != &media_type {
             return Err(bad(format!("{digest}: media type is not {media_type}")));
         }
-        let hex = digest.strip_prefix("sha256:").ok_or_else(|| bad(format!("digest {digest:?}")))?;
-        let data =
-            files.get(&format!("blobs/sha256/{hex}")).ok_or_else(|| bad(format!("blob {digest} missing")))?;
-        if sha256(data) != digest {
+        if *digest.algorithm() != DigestAlgorithm::Sha256 {
+            return Err(bad(format!("digest {digest}: not sha256")));
+        }
+        let data = files
+            .get(&format!("blobs/sha256/{}", digest.digest()))
+            .ok_or_else(|| bad(format!("blob {digest} missing")))?;
+        if sha256(data) != digest.to_string() {
             return Err(bad(format!("blob {digest} has another digest")));
         }
-        if desc["size"].as_u64() != Some(data.len() as u64) {
+        if desc.size() != data.len() as u64 {
             return Err(bad(format!("blob {digest}: size differs from descriptor")));
         }
         Ok(data)
     };
 
-    if json_file("oci-layout")?["imageLayoutVersion"] != "1.0.0" {
+    let layout: OciLayout = parse_json("oci-layout", file("oci-layout")?)?;
+    if layout.image_layout_version() != "1.0.0" {
         return Err(bad("oci-layout version".to_string()));
     }
-    let index = json_file("index.json")?;
-    let entries = index["manifests"]
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| bad("index.json lists no manifest".to_string()))?;
+    let index: ImageIndex = parse_json("index.json", file("index.json")?)?;
+    let entries = index.manifests();
+    let first = entries.first().ok_or_else(|| bad("index.json lists no manifest".to_string()))?;
     let mut names = Vec::new();
     for entry in entries {
-        blob(entry, MANIFEST_MEDIA_TYPE)?;
-        if entry["digest"] != entries[0]["digest"] {
+        blob(entry, MediaType::ImageManifest)?;
+        if entry.digest() != first.digest() {
             return Err(bad("index entries name different manifests".to_string()));
         }
-        let name = entry["annotations"][CONTAINERD_NAME]
-            .as_str()
+        let annotations = entry.annotations().clone().unwrap_or_default();
+        let name = annotations
+            .get(CONTAINERD_NAME)
             .ok_or_else(|| bad(format!("index entry without {CONTAINERD_NAME}")))?;
-        if entry["annotations"][OCI_REF_NAME].as_str() != Some(image_tag(name)?) {
+        if annotations.get(OCI_REF_NAME).map(String::as_str) != Some(image_tag(name)?) {
             return Err(bad(format!("{OCI_REF_NAME} is not the tag of {name}")));
         }
-        names.push(name.to_string());
+        names.push(name.clone());
     }
-    let manifest: Value = serde_json::from_slice(blob(&entries[0], MANIFEST_MEDIA_TYPE)?)
-        .map_err(|e| bad(format!("manifest: {e}")))?;
-    let config: Value = serde_json::from_slice(blob(&manifest["config"], CONFIG_MEDIA_TYPE)?)
-        .map_err(|e| bad(format!("config: {e}")))?;
-    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-    let [layer_desc] = layers.as_slice() else {
+    let manifest: ImageManifest = parse_json("manifest", blob(first, MediaType::ImageManifest)?)?;
+    let config: ImageConfiguration = parse_json("config", blob(manifest.config(), MediaType::ImageConfig)?)?;
+    let [layer_desc] = manifest.layers().as_slice() else {
         return Err(bad("expected exactly one layer".to_string()));
     };
-    let layer_tar = blob(layer_desc, LAYER_MEDIA_TYPE)?;
+    let layer_tar = blob(layer_desc, MediaType::ImageLayer)?;
     // Uncompressed, the layer's digest is its diff_id.
-    if config["rootfs"]["diff_ids"] != json!([layer_desc["digest"]]) {
+    if config.rootfs().diff_ids() != &[layer_desc.digest().to_string()] {
         return Err(bad("rootfs.diff_ids do not match the layer".to_string()));
     }
-    Ok(Inspection {
-        names,
-        manifest_digest: entries[0]["digest"].as_str().unwrap_or_default().to_string(),
-        config,
-        layer: read_tar(layer_tar)?,
-    })
+    Ok(Inspection { names, manifest_digest: first.digest().to_string(), config, layer: read_tar(layer_tar)? })
+}
+
+/// An OCI document, with serde_json's error (oci-spec's own readers drop it).
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, data: &[u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| OciError::Invalid(format!("{what}: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
     fn names(list: &[&str]) -> Vec<String> {
@@ -611,7 +610,7 @@ mod tests {
         let annotations = &index["manifests"][0]["annotations"];
         assert_eq!(annotations[CONTAINERD_NAME], "docker.io/ferry/operator:dev");
         assert_eq!(annotations[OCI_REF_NAME], "dev");
-        assert_eq!(index["manifests"][0]["mediaType"], MANIFEST_MEDIA_TYPE);
+        assert_eq!(index["manifests"][0]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
     }
 
     #[test]
@@ -676,6 +675,7 @@ mod tests {
     #[test]
     fn the_config_carries_entrypoint_user_env_and_ports() {
         let config = inspect_archive(&build(&["docker.io/ferry/operator:dev"])).expect("valid").config;
+        let config = serde_json::to_value(&config).expect("json");
         assert_eq!(config["architecture"], "amd64");
         assert_eq!(config["os"], "linux");
         let runtime = &config["config"];
@@ -690,7 +690,7 @@ mod tests {
     #[test]
     fn a_path_given_in_env_replaces_the_default_one() {
         let config = ImageConfig { env: vec!["PATH=/bin".to_string()], ..ImageConfig::default() };
-        let json = config_json(&config, b"");
+        let json = serde_json::to_value(image_configuration(&config, b"").expect("config")).expect("json");
         assert_eq!(json["config"]["Env"], json!(["PATH=/bin"]));
         assert!(json["config"].get("User").is_none());
         assert!(json["config"].get("ExposedPorts").is_none());
@@ -783,7 +783,81 @@ mod tests {
         assert!(read.iter().any(|e| e.path == deep[1..]), "{read:?}");
         let mut too_deep = Layer::new();
         too_deep.add_file(&format!("/{}", "c".repeat(120)), 0o644, Vec::new());
-        assert!(matches!(too_deep.to_tar(), Err(OciError::PathTooLong(_))));
+        assert!(matches!(too_deep.to_tar(), Err(OciError::UstarPath { .. })));
+    }
+
+    #[test]
+    fn rebuilding_the_same_inputs_gives_identical_bytes() {
+        // Several names and ports: oci-spec keeps annotations and exposed
+        // ports in HashMaps, whose order differs between instances.
+        let (mut config, layer) = operator_like();
+        config.exposed_ports.extend(["9090", "50051", "8443/tcp", "4000/udp"].map(String::from));
+        let names =
+            names(&["docker.io/ferry/operator:dev", "docker.io/ferry/operator:0.1.0", "localhost:5000/x:y"]);
+        let first = build_archive(&names, &config, &layer).expect("archive");
+        for _ in 0..16 {
+            let again = build_archive(&names, &config, &layer).expect("archive");
+            assert!(again == first, "two builds of the same inputs differ");
+        }
+    }
+
+    #[test]
+    fn the_archive_bytes_are_those_of_the_hand_written_ustar_writer() {
+        // The digest the former hand-written ustar writer and serde_json
+        // documents gave for these inputs: a change here changes every image
+        // digest (a new `tar` or `oci-spec` release writing other bytes).
+        let (config, layer) = operator_like();
+        let archive =
+            build_archive(&names(&["docker.io/ferry/operator:dev"]), &config, &layer).expect("archive");
+        assert_eq!(
+            sha256(&archive),
+            "sha256:fac3ca44dd5751eef56ab221f65dd7161b9003412352fa538a3ec604ffe411f8"
+        );
+    }
+
+    #[test]
+    fn an_archive_we_write_is_read_back_by_the_tar_crate_with_its_entries_and_modes() {
+        let mut layer = Layer::new();
+        layer.add_file("/bin/tool", 0o750, b"#!/bin/true\n".to_vec());
+        layer.add_symlink("/lib64/ld.so", "/lib/x86_64-linux-gnu/ld.so");
+        // Over 100 bytes: stored as ustar prefix and name, read back joined.
+        let (a, b) = ("a".repeat(80), "b".repeat(80));
+        layer.add_file(&format!("/{a}/{b}/file"), 0o600, b"deep".to_vec());
+        let tar_bytes = layer.to_tar().expect("tar");
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let header = entry.header().clone();
+            assert!(header.as_ustar().is_some(), "not a ustar header");
+            assert_eq!((header.uid().expect("uid"), header.gid().expect("gid")), (0, 0));
+            assert_eq!(header.mtime().expect("mtime"), 0);
+            let path = entry.path().expect("path").to_string_lossy().into_owned();
+            let link = entry.link_name().expect("link").map(|l| l.to_string_lossy().into_owned());
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("data");
+            seen.push((path, header.entry_type(), header.mode().expect("mode"), link, data));
+        }
+        let dir = |path: &str, mode| (format!("{path}/"), EntryType::Directory, mode, None, Vec::new());
+        assert_eq!(
+            seen,
+            [
+                dir(&a, 0o755),
+                dir(&format!("{a}/{b}"), 0o755),
+                (format!("{a}/{b}/file"), EntryType::Regular, 0o600, None, b"deep".to_vec()),
+                dir("bin", 0o755),
+                ("bin/tool".to_string(), EntryType::Regular, 0o750, None, b"#!/bin/true\n".to_vec()),
+                dir("lib64", 0o755),
+                (
+                    "lib64/ld.so".to_string(),
+                    EntryType::Symlink,
+                    0o777,
+                    Some("/lib/x86_64-linux-gnu/ld.so".to_string()),
+                    Vec::new()
+                ),
+                dir("tmp", 0o1777),
+            ]
+        );
     }
 
     #[test]
