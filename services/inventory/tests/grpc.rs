@@ -11,13 +11,8 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
-use ferry_proto::{
-    domain::{DeductStock, ReleaseStock, Restock, SetStock, Sku},
-    inventory::v1::{
-        DeductStockRequest, GetStockRequest, SetStockRequest,
-        inventory_service_client::InventoryServiceClient,
-    },
+use ferry_proto::inventory::v1::{
+    DeductStockRequest, GetStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient,
 };
 use ferry_service_common::{
     auth::Authenticator,
@@ -26,10 +21,10 @@ use ferry_service_common::{
 };
 use inventory_service::{
     app::{self, Running, ServeOptions},
-    store::{self, Deducted, InventoryStore, Released, StoreError, StoreOptions},
+    store::{self, InventoryStore, StoreOptions},
+    testing::FaultyStore,
 };
 use jsonwebtoken::Algorithm;
-use tokio::sync::Semaphore;
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -37,38 +32,6 @@ use tonic_health::pb::{
 
 const SECRET: &[u8] = b"test-secret";
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A store whose deductions wait at a gate, so tests can hold calls in flight.
-struct GatedStore {
-    inner: Arc<dyn InventoryStore>,
-    gate: Semaphore,
-    entered: AtomicUsize,
-}
-
-#[async_trait]
-impl InventoryStore for GatedStore {
-    async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        let permit = self.gate.acquire().await.map_err(|e| StoreError::Internal(e.to_string()))?;
-        permit.forget();
-        self.inner.deduct(cmd).await
-    }
-    async fn release(&self, cmd: &ReleaseStock) -> Result<Released, StoreError> {
-        self.inner.release(cmd).await
-    }
-    async fn get(&self, sku: &Sku) -> Result<i64, StoreError> {
-        self.inner.get(sku).await
-    }
-    async fn set(&self, cmd: &SetStock) -> Result<i64, StoreError> {
-        self.inner.set(cmd).await
-    }
-    async fn restock(&self, cmd: &Restock) -> Result<i64, StoreError> {
-        self.inner.restock(cmd).await
-    }
-    async fn ping(&self) -> bool {
-        self.inner.ping().await
-    }
-}
 
 struct Fixture {
     running: Running,
@@ -431,9 +394,12 @@ async fn every_auth_case_gets_its_status_code() {
     .expect("test timed out");
 }
 
-async fn gated_fixture(opts: ServeOptions) -> (Fixture, Arc<GatedStore>) {
+/// A fixture whose store holds every deduction until `release_hold`, so tests can keep calls
+/// in flight.
+async fn gated_fixture(opts: ServeOptions) -> (Fixture, Arc<FaultyStore>) {
     let (inner, dir) = sqlite_store().await;
-    let gated = Arc::new(GatedStore { inner, gate: Semaphore::new(0), entered: AtomicUsize::new(0) });
+    let gated = FaultyStore::new(inner);
+    gated.hold_all();
     let f = start_with(gated.clone(), dir, opts).await;
     (f, gated)
 }
@@ -450,12 +416,12 @@ async fn calls_over_the_concurrency_limit_are_shed_with_resource_exhausted() {
                 tokio::spawn(async move { c.deduct_stock(deduct(&format!("h{i}"), "a", 1)).await })
             })
             .collect();
-        eventually("two calls in flight", || async { gated.entered.load(Ordering::SeqCst) == 2 }).await;
+        eventually("two calls in flight", || async { gated.held.load(Ordering::SeqCst) == 2 }).await;
         let err = client(&f).deduct_stock(deduct("x", "a", 1)).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
         // Health is never shed.
         assert!(health_status(f.channel.clone()).await.is_ok());
-        gated.gate.add_permits(100);
+        gated.release_hold();
         for h in held {
             h.await.unwrap().unwrap();
         }
@@ -504,14 +470,14 @@ async fn sigterm_drain_finishes_calls_in_flight_and_reports_not_serving_first() 
                 tokio::spawn(async move { c.deduct_stock(deduct(&format!("f{i}"), "a", 1)).await })
             })
             .collect();
-        eventually("three calls in flight", || async { gated.entered.load(Ordering::SeqCst) == 3 }).await;
+        eventually("three calls in flight", || async { gated.held.load(Ordering::SeqCst) == 3 }).await;
 
         f.running.shutdown.cancel();
         eventually("NOT_SERVING", || async {
             health_status(f.channel.clone()).await.ok() == Some(ServingStatus::NotServing)
         })
         .await;
-        gated.gate.add_permits(100);
+        gated.release_hold();
         for h in in_flight {
             let resp = h.await.unwrap().expect("in-flight call should finish during the drain");
             assert!(resp.into_inner().remaining >= 7);

@@ -3,11 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -16,7 +15,7 @@ use ferry_proto::{
     domain::{DeductStock, ReleaseStock, Restock, SetStock, Sku},
     inventory::v1::{
         DeductStockRequest, GetStockRequest, SetStockRequest,
-        inventory_service_client::InventoryServiceClient, inventory_service_server::InventoryServiceServer,
+        inventory_service_client::InventoryServiceClient,
     },
     order::v1::{
         CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem, OrderStatus,
@@ -25,8 +24,8 @@ use ferry_proto::{
 };
 use ferry_service_common::testing::TempSqlite;
 use inventory_service::{
-    api::{InventoryApi, InventoryMetrics},
     store::{Deducted, InventoryStore, Released, StoreError},
+    testing::FaultyStore,
 };
 use order_service::{
     app::{self, ServeOptions},
@@ -35,95 +34,22 @@ use order_service::{
     retry::RetryPolicy,
     store::{self as order_store, StoreOptions},
 };
+use support::over_duplex;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Inventory store that can be switched "down" (answers UNAVAILABLE) and counts executions.
-struct FlakyStore {
-    inner: Arc<dyn InventoryStore>,
-    down: AtomicBool,
-    fail_next: AtomicUsize,
-    deduct_calls: AtomicUsize,
-}
-
-impl FlakyStore {
-    fn failing(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("test outage".into()));
-        }
-        if self.fail_next.load(Ordering::SeqCst) > 0 {
-            self.fail_next.fetch_sub(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("test blip".into()));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl InventoryStore for FlakyStore {
-    async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
-        self.failing()?;
-        self.deduct_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.deduct(cmd).await
-    }
-    async fn release(&self, cmd: &ReleaseStock) -> Result<Released, StoreError> {
-        self.failing()?;
-        self.inner.release(cmd).await
-    }
-    async fn get(&self, sku: &Sku) -> Result<i64, StoreError> {
-        self.inner.get(sku).await
-    }
-    async fn set(&self, cmd: &SetStock) -> Result<i64, StoreError> {
-        self.inner.set(cmd).await
-    }
-    async fn restock(&self, cmd: &Restock) -> Result<i64, StoreError> {
-        self.inner.restock(cmd).await
-    }
-    async fn ping(&self) -> bool {
-        self.inner.ping().await
-    }
-}
-
-async fn flaky_inventory_store(db: &TempSqlite) -> Arc<FlakyStore> {
+async fn flaky_inventory_store(db: &TempSqlite) -> Arc<FaultyStore> {
     let inner =
         inventory_service::store::open(&inventory_service::store::StoreOptions::new(db.url())).await.unwrap();
-    Arc::new(FlakyStore {
-        inner,
-        down: AtomicBool::new(false),
-        fail_next: AtomicUsize::new(0),
-        deduct_calls: AtomicUsize::new(0),
-    })
+    FaultyStore::new(inner)
 }
-
-/// An inventory server reachable over in-memory pipes (no sockets, no timers): safe under a
-/// paused clock.
-fn inventory_over_duplex(store: Arc<FlakyStore>) -> Channel {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
-    let api = InventoryServiceServer::new(InventoryApi::new(store, Arc::new(InventoryMetrics::default())));
-    tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
-        let _ = tonic::transport::Server::builder().add_service(api).serve_with_incoming(incoming).await;
-    });
-    tonic::transport::Endpoint::from_static("http://inventory.test").connect_with_connector_lazy(
-        tower::service_fn(move |_| {
-            let (client, server) = tokio::io::duplex(64 * 1024);
-            let sent = tx.send(server);
-            async move {
-                sent.map_err(|_| std::io::Error::other("inventory test server gone"))?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
-            }
-        }),
-    )
-}
-
-use tokio_stream::StreamExt as _;
 
 struct Shop {
     orders: OrderServiceClient<Channel>,
     inventory: InventoryServiceClient<Channel>,
-    flaky: Arc<FlakyStore>,
+    flaky: Arc<FaultyStore>,
     shutdown: CancellationToken,
     _dirs: (TempSqlite, TempSqlite),
 }
@@ -145,7 +71,7 @@ fn client_settings() -> ClientSettings {
 async fn shop() -> Shop {
     let inv_dir = TempSqlite::new("inv.db");
     let flaky = flaky_inventory_store(&inv_dir).await;
-    let inventory_channel = inventory_over_duplex(flaky.clone());
+    let inventory_channel = over_duplex(flaky.clone());
     let ord_dir = TempSqlite::new("orders.db");
     let store = order_store::open(&StoreOptions::new(ord_dir.url())).await.unwrap();
     let shutdown = CancellationToken::new();
@@ -440,15 +366,9 @@ impl InventoryStore for MemStore {
 
 async fn direct_client(
     settings: ClientSettings,
-) -> (InventoryClient, Arc<FlakyStore>, Arc<ClientMetrics>, ()) {
-    let flaky = Arc::new(FlakyStore {
-        inner: Arc::new(MemStore::default()),
-        down: AtomicBool::new(false),
-        fail_next: AtomicUsize::new(0),
-        deduct_calls: AtomicUsize::new(0),
-    });
+) -> (InventoryClient, Arc<FaultyStore>, Arc<ClientMetrics>, ()) {
+    let flaky = FaultyStore::new(Arc::new(MemStore::default()));
     flaky
-        .inner
         .set(&SetStock {
             sku: Sku::parse("sku", "a").unwrap(),
             quantity: ferry_proto::domain::StockLevel::parse("q", 100).unwrap(),
@@ -456,7 +376,7 @@ async fn direct_client(
         .await
         .unwrap();
     let metrics = Arc::new(ClientMetrics::default());
-    let client = InventoryClient::new(inventory_over_duplex(flaky.clone()), settings, metrics.clone());
+    let client = InventoryClient::new(over_duplex(flaky.clone()), settings, metrics.clone());
     (client, flaky, metrics, ())
 }
 
@@ -469,7 +389,7 @@ async fn a_transient_failure_is_retried_and_the_deduction_executes_once() {
         let r = client.deduct(deduct("x"), deadline, None).await.unwrap();
         assert_eq!(r.remaining, 99);
         assert_eq!(metrics.retries.get(), 2);
-        assert_eq!(flaky.deduct_calls.load(Ordering::SeqCst), 1);
+        assert_eq!(flaky.deductions.load(Ordering::SeqCst), 1);
         // Not-enough-stock is a business answer: no retry.
         let err = client
             .deduct(
@@ -507,7 +427,7 @@ async fn breaker_opens_after_consecutive_failures_fails_fast_and_recovers_after_
     let err = client.deduct(deduct("fast"), deadline(), None).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("circuit breaker is open"), "{err:?}");
-    assert_eq!(flaky.deduct_calls.load(Ordering::SeqCst), 0, "failed fast, never reached inventory");
+    assert_eq!(flaky.deductions.load(Ordering::SeqCst), 0, "failed fast, never reached inventory");
     tokio::time::advance(Duration::from_secs(9)).await;
     assert!(client.deduct(deduct("still"), deadline(), None).await.is_err());
     tokio::time::advance(Duration::from_secs(1)).await;

@@ -1,20 +1,16 @@
 //! Shared fixtures for the order service's integration tests: a real inventory service (SQLite)
-//! behind an instrumented store that can be held, switched down and watched, and order-service
+//! behind a fault-injecting store that can be held, switched down and watched, and order-service
 //! replicas started in process on 127.0.0.1:0 over SQLite or PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use async_trait::async_trait;
 use ferry_proto::{
-    domain::{DeductStock, ReleaseStock, Restock, SetStock, Sku},
+    domain::{SetStock, Sku},
     inventory::v1::{
         inventory_service_client::InventoryServiceClient, inventory_service_server::InventoryServiceServer,
     },
@@ -26,120 +22,16 @@ use ferry_proto::{
 use ferry_service_common::testing::TempSqlite;
 use inventory_service::{
     api::{InventoryApi, InventoryMetrics},
-    store::{Deducted, InventoryStore, Released, StoreError},
+    store::InventoryStore,
+    testing::FaultyStore,
 };
-use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-/// An inventory store that counts the calls in flight, can be switched "down" (UNAVAILABLE),
-/// and can hold deductions (all of them, or those of one sku) until released.
-pub struct InstrumentedStore {
-    inner: Arc<dyn InventoryStore>,
-    /// Answer UNAVAILABLE to deductions and releases.
-    pub down: AtomicBool,
-    /// `Some(sku)` holds deductions of that sku, `Some("")` holds every deduction.
-    hold: watch::Sender<Option<String>>,
-    /// Deductions that reached a hold.
-    pub held: AtomicUsize,
-    /// Deductions and releases executing now.
-    pub in_flight: AtomicUsize,
-    /// Deductions and releases refused while down.
-    pub refused: AtomicUsize,
-}
-
-/// Decrements `in_flight` when a call ends, however it ends (a dropped future included).
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Self(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl InstrumentedStore {
-    pub fn new(inner: Arc<dyn InventoryStore>) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            down: AtomicBool::new(false),
-            hold: watch::Sender::new(None),
-            held: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            refused: AtomicUsize::new(0),
-        })
-    }
-
-    /// Holds every deduction until [`InstrumentedStore::release_hold`].
-    pub fn hold_all(&self) {
-        self.hold.send_replace(Some(String::new()));
-    }
-
-    /// Holds deductions of `sku` until [`InstrumentedStore::release_hold`].
-    pub fn hold_sku(&self, sku: &str) {
-        self.hold.send_replace(Some(sku.to_string()));
-    }
-
-    /// Lets held deductions (and later ones) through.
-    pub fn release_hold(&self) {
-        self.hold.send_replace(None);
-    }
-
-    fn check_up(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("test outage".into()));
-        }
-        Ok(())
-    }
-
-    async fn wait_if_held(&self, sku: &Sku) {
-        let held = |h: &Option<String>| h.as_deref().is_some_and(|s| s.is_empty() || s == sku.as_str());
-        let mut rx = self.hold.subscribe();
-        if held(&rx.borrow_and_update()) {
-            self.held.fetch_add(1, Ordering::SeqCst);
-            let _ = rx.wait_for(|h| !held(h)).await;
-        }
-    }
-}
-
-#[async_trait]
-impl InventoryStore for InstrumentedStore {
-    async fn deduct(&self, cmd: &DeductStock) -> Result<Deducted, StoreError> {
-        let _guard = InFlight::enter(&self.in_flight);
-        self.check_up()?;
-        self.wait_if_held(&cmd.sku).await;
-        self.inner.deduct(cmd).await
-    }
-    async fn release(&self, cmd: &ReleaseStock) -> Result<Released, StoreError> {
-        let _guard = InFlight::enter(&self.in_flight);
-        self.check_up()?;
-        self.inner.release(cmd).await
-    }
-    async fn get(&self, sku: &Sku) -> Result<i64, StoreError> {
-        self.inner.get(sku).await
-    }
-    async fn set(&self, cmd: &SetStock) -> Result<i64, StoreError> {
-        self.inner.set(cmd).await
-    }
-    async fn restock(&self, cmd: &Restock) -> Result<i64, StoreError> {
-        self.inner.restock(cmd).await
-    }
-    async fn ping(&self) -> bool {
-        self.inner.ping().await
-    }
-}
-
 /// A real inventory service on SQLite, reachable over in-memory pipes.
 pub struct Inventory {
-    pub store: Arc<InstrumentedStore>,
+    pub store: Arc<FaultyStore>,
     pub channel: Channel,
     /// The TCP address, when started with [`Inventory::start_tcp`].
     pub addr: Option<std::net::SocketAddr>,
@@ -150,12 +42,12 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    async fn store() -> (Arc<InstrumentedStore>, TempSqlite) {
+    async fn store() -> (Arc<FaultyStore>, TempSqlite) {
         let db = TempSqlite::new("inv.db");
         let inner = inventory_service::store::open(&inventory_service::store::StoreOptions::new(db.url()))
             .await
             .unwrap();
-        (InstrumentedStore::new(inner), db)
+        (FaultyStore::new(inner), db)
     }
 
     /// Reachable over in-memory pipes only.
@@ -227,7 +119,8 @@ impl Inventory {
     }
 }
 
-/// An inventory server on `store`, reachable over in-memory pipes.
+/// An inventory server on `store`, reachable over in-memory pipes (no sockets, no timers: safe
+/// under a paused clock).
 pub fn over_duplex(store: Arc<dyn InventoryStore>) -> Channel {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
     let api = InventoryServiceServer::new(InventoryApi::new(store, Arc::new(InventoryMetrics::default())));
