@@ -174,6 +174,9 @@ fn store(observed: &mut Observed, ms: &MicroService, child: &Child) {
         Child::PrometheusRule(r) => {
             observed.prometheus_rule = Some(Arc::new(as_applied(r.as_ref()).metadata.into_response_partial()))
         }
+        Child::ScaledObject(o) => {
+            observed.scaled_object = Some(Arc::new(as_applied(o.as_ref()).metadata.into_response_partial()))
+        }
     }
 }
 
@@ -207,6 +210,7 @@ fn delete(observed: &mut Observed, kind: ChildKind, name: &str) {
         ChildKind::PodDisruptionBudget => observed.disruption_budget = None,
         ChildKind::ServiceMonitor => observed.service_monitor = None,
         ChildKind::PrometheusRule => observed.prometheus_rule = None,
+        ChildKind::ScaledObject => observed.scaled_object = None,
     }
 }
 

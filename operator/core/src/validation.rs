@@ -306,6 +306,104 @@ mod tests {
         assert_rejected(cel_errors(bad), "needs resources.requests.cpu");
     }
 
+    /// `base()` with a metrics port, monitoring and `autoscaling` set to `autoscaling`.
+    fn grpc_autoscaled(autoscaling: Value) -> Value {
+        let value = with(
+            base(),
+            &["spec", "ports"],
+            json!([
+                {"name": "grpc", "port": 50051, "protocol": "grpc"},
+                {"name": "metrics", "port": 9090, "protocol": "http"}
+            ]),
+        );
+        let value = with(value, &["spec", "monitoring"], json!({"port": "metrics"}));
+        with(value, &["spec", "autoscaling"], autoscaling)
+    }
+
+    const PROM: &str = "http://prometheus.monitoring.svc:9090";
+
+    #[test]
+    fn every_grpc_autoscaling_target_combination_passes_every_rule() {
+        for extra in [
+            json!({"latencyP99Milliseconds": 250}),
+            json!({"requestsPerSecondPerPod": 40}),
+            json!({"latencyP99Milliseconds": 250, "requestsPerSecondPerPod": 40, "metricsWindow": "2m30s"}),
+            json!({"latencyP99Milliseconds": 250, "metricsWindow": "30s"}),
+            json!({"requestsPerSecondPerPod": 40, "metricsWindow": "1h"}),
+        ] {
+            let mut autoscaling = json!({"minReplicas": 1, "maxReplicas": 5, "prometheusAddress": PROM});
+            for (k, v) in extra.as_object().expect("object") {
+                autoscaling[k] = v.clone();
+            }
+            assert_eq!(
+                cel_errors(grpc_autoscaled(autoscaling.clone())),
+                Vec::<String>::new(),
+                "{autoscaling}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_targets_of_zero_or_less_are_rejected() {
+        let bad = grpc_autoscaled(
+            json!({"minReplicas": 1, "maxReplicas": 5, "prometheusAddress": PROM, "latencyP99Milliseconds": 0}),
+        );
+        assert_rejected(cel_errors(bad), "latencyP99Milliseconds must be above zero");
+        let bad = grpc_autoscaled(
+            json!({"minReplicas": 1, "maxReplicas": 5, "prometheusAddress": PROM, "requestsPerSecondPerPod": -3}),
+        );
+        assert_rejected(cel_errors(bad), "requestsPerSecondPerPod must be above zero");
+    }
+
+    #[test]
+    fn a_grpc_target_without_a_prometheus_address_is_rejected() {
+        let bad = grpc_autoscaled(json!({"minReplicas": 1, "maxReplicas": 5, "latencyP99Milliseconds": 250}));
+        assert_rejected(cel_errors(bad), "needs autoscaling.prometheusAddress");
+    }
+
+    #[test]
+    fn a_prometheus_address_that_is_not_an_http_url_is_rejected() {
+        let bad = grpc_autoscaled(json!({"minReplicas": 1, "maxReplicas": 5,
+            "latencyP99Milliseconds": 250, "prometheusAddress": "prometheus:9090"}));
+        assert_rejected(cel_errors(bad), "prometheusAddress must be an http:// or https:// URL");
+    }
+
+    #[test]
+    fn a_metrics_window_or_prometheus_address_without_a_grpc_target_is_rejected() {
+        for extra in [json!({"metricsWindow": "1m"}), json!({"prometheusAddress": PROM})] {
+            let mut autoscaling = json!({"minReplicas": 1, "maxReplicas": 5});
+            for (k, v) in extra.as_object().expect("object") {
+                autoscaling[k] = v.clone();
+            }
+            assert_rejected(cel_errors(grpc_autoscaled(autoscaling)), "apply only to the gRPC targets");
+        }
+    }
+
+    #[test]
+    fn a_metrics_window_in_the_wrong_format_or_out_of_range_is_rejected() {
+        for window in ["1d", "90", "5 m", "10s", "2h", "1m30"] {
+            let bad = grpc_autoscaled(json!({"minReplicas": 1, "maxReplicas": 5, "prometheusAddress": PROM,
+                "latencyP99Milliseconds": 250, "metricsWindow": window}));
+            assert_rejected(cel_errors(bad), "metricsWindow must be a duration");
+        }
+    }
+
+    #[test]
+    fn a_grpc_target_without_monitoring_or_a_grpc_port_is_rejected() {
+        let autoscaling = json!({"minReplicas": 1, "maxReplicas": 5, "prometheusAddress": PROM, "requestsPerSecondPerPod": 40});
+        let without_monitoring = with(base(), &["spec", "autoscaling"], autoscaling.clone());
+        assert_rejected(cel_errors(without_monitoring), "it needs a grpc port and spec.monitoring enabled");
+        let disabled =
+            with(grpc_autoscaled(autoscaling.clone()), &["spec", "monitoring", "enabled"], json!(false));
+        assert_rejected(cel_errors(disabled), "it needs a grpc port and spec.monitoring enabled");
+        let http_only = with(
+            grpc_autoscaled(autoscaling),
+            &["spec", "ports"],
+            json!([{"name": "metrics", "port": 9090, "protocol": "http"}]),
+        );
+        assert_rejected(cel_errors(http_only), "it needs a grpc port and spec.monitoring enabled");
+    }
+
     #[test]
     fn a_disruption_budget_with_both_fields_is_rejected() {
         let bad =

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use ferry_operator_core::{
     crd::MicroService,
-    desired::{prometheus_rule, service_monitor},
+    desired::{prometheus_rule, scaled_object, service_monitor},
     drift::{is_legacy_status, keep_own_fields},
     keys::{self, FIELD_MANAGER},
 };
@@ -212,6 +212,7 @@ pub async fn run(
     let crds = OptionalCrds {
         service_monitors: OptionalCrd::track(&client, service_monitor::api_resource()).await,
         prometheus_rules: OptionalCrd::track(&client, prometheus_rule::api_resource()).await,
+        scaled_objects: OptionalCrd::track(&client, scaled_object::api_resource()).await,
     };
     let (gone_tx, gone_rx) = mpsc::unbounded();
     let (ms_store, ms_stream) = microservice_reflector(microservices, gone_tx);
@@ -221,6 +222,7 @@ pub async fn run(
     let (pdb_reader, pdb_stream) = metadata_reflector::<PodDisruptionBudget>(api_for(&client, ns));
     let (sm_reader, sm_stream) = crds.service_monitors.reflector(&client, ns, child_watch_config());
     let (pr_reader, pr_stream) = crds.prometheus_rules.reflector(&client, ns, child_watch_config());
+    let (so_reader, so_stream) = crds.scaled_objects.reflector(&client, ns, child_watch_config());
     let stores = Stores {
         microservices: ms_store.clone(),
         deployments: deploy_reader,
@@ -229,6 +231,7 @@ pub async fn run(
         disruption_budgets: pdb_reader,
         service_monitors: sm_reader,
         prometheus_rules: pr_reader,
+        scaled_objects: so_reader,
     };
     tokio::spawn(report_cache_sizes(stores.clone(), metrics.clone()));
 
@@ -254,9 +257,11 @@ pub async fn run(
         .owns_stream(pdb_stream)
         .owns_stream_with(sm_stream, crds.service_monitors.resource.clone())
         .owns_stream_with(pr_stream, crds.prometheus_rules.resource.clone())
+        .owns_stream_with(so_stream, crds.scaled_objects.resource.clone())
         .reconcile_on(trigger_rx)
         .reconcile_all_on(crds.service_monitors.changes())
-        .reconcile_all_on(crds.prometheus_rules.changes());
+        .reconcile_all_on(crds.prometheus_rules.changes())
+        .reconcile_all_on(crds.scaled_objects.changes());
     if config.watch_config_maps {
         let cm_api: Api<PartialObjectMeta<ConfigMap>> = api_for(&client, ns);
         let cm_stream = watcher(cm_api, watcher::Config::default().page_size(PAGE_SIZE))
@@ -289,5 +294,6 @@ async fn report_cache_sizes(stores: Stores, metrics: Arc<Metrics>) {
         metrics.set_managed("PodDisruptionBudget", stores.disruption_budgets.len());
         metrics.set_managed("ServiceMonitor", stores.service_monitors.len());
         metrics.set_managed("PrometheusRule", stores.prometheus_rules.len());
+        metrics.set_managed("ScaledObject", stores.scaled_objects.len());
     }
 }

@@ -141,6 +141,7 @@ fn dynamic_api(ctx: &Context, ns: &str, kind: ChildKind) -> Option<(Api<DynamicO
     let crd = match kind {
         ChildKind::ServiceMonitor => &ctx.crds.service_monitors,
         ChildKind::PrometheusRule => &ctx.crds.prometheus_rules,
+        ChildKind::ScaledObject => &ctx.crds.scaled_objects,
         _ => return None,
     };
     let ar = crd.resource.clone();
@@ -159,10 +160,12 @@ async fn apply_child(ctx: &Context, ns: &str, child: &Child) -> Result<()> {
         Child::PodDisruptionBudget(o) => {
             apply(ctx, &Api::<PodDisruptionBudget>::namespaced(client, ns), o, kind).await
         }
-        Child::ServiceMonitor(o) | Child::PrometheusRule(o) => match dynamic_api(ctx, ns, child.kind()) {
-            Some((api, _)) => apply(ctx, &api, o, kind).await,
-            None => Ok(()),
-        },
+        Child::ServiceMonitor(o) | Child::PrometheusRule(o) | Child::ScaledObject(o) => {
+            match dynamic_api(ctx, ns, child.kind()) {
+                Some((api, _)) => apply(ctx, &api, o, kind).await,
+                None => Ok(()),
+            }
+        }
     }
 }
 
@@ -214,10 +217,12 @@ async fn delete_child(ctx: &Context, ns: &str, kind: ChildKind, name: &str) -> R
         ChildKind::PodDisruptionBudget => {
             (Api::<PodDisruptionBudget>::namespaced(client, ns).delete(name, &params).await).map(|_| ())
         }
-        ChildKind::ServiceMonitor | ChildKind::PrometheusRule => match dynamic_api(ctx, ns, kind) {
-            Some((api, _)) => api.delete(name, &params).await.map(|_| ()),
-            None => Ok(()),
-        },
+        ChildKind::ServiceMonitor | ChildKind::PrometheusRule | ChildKind::ScaledObject => {
+            match dynamic_api(ctx, ns, kind) {
+                Some((api, _)) => api.delete(name, &params).await.map(|_| ()),
+                None => Ok(()),
+            }
+        }
     };
     match result {
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

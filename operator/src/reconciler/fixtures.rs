@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use ferry_operator_core::{
     crd::MicroService,
-    desired::{prometheus_rule, service_monitor},
+    desired::{prometheus_rule, scaled_object, service_monitor},
     plan::Observed,
 };
 
@@ -162,6 +162,8 @@ fn stores(observed: &Observed) -> Stores {
     filled(&mut monitors, cloned(&observed.service_monitor));
     let mut rules = Writer::new(prometheus_rule::api_resource());
     filled(&mut rules, cloned(&observed.prometheus_rule));
+    let mut scalers = Writer::new(scaled_object::api_resource());
+    filled(&mut scalers, cloned(&observed.scaled_object));
     Stores {
         microservices: store_of(microservices),
         deployments: store_of(deployments),
@@ -170,6 +172,7 @@ fn stores(observed: &Observed) -> Stores {
         disruption_budgets: store_of(cloned(&observed.disruption_budget)),
         service_monitors: monitors.as_reader(),
         prometheus_rules: rules.as_reader(),
+        scaled_objects: scalers.as_reader(),
     }
 }
 
@@ -186,6 +189,7 @@ pub fn context(
     let crds = OptionalCrds {
         service_monitors: OptionalCrd::fixed(service_monitor::api_resource(), observed.crds.service_monitors),
         prometheus_rules: OptionalCrd::fixed(prometheus_rule::api_resource(), observed.crds.prometheus_rules),
+        scaled_objects: OptionalCrd::fixed(scaled_object::api_resource(), observed.crds.scaled_objects),
     };
     let ctx = Context {
         recorder: Recorder::new(client.clone(), reporter),

@@ -7,7 +7,7 @@
 //! measures off the reconcile path and requeues the MicroService when a measurement is in.
 //!
 //! - [`controller`]: the watches, caches and the kube-runtime controller.
-//! - [`optional_crd`]: ServiceMonitor and PrometheusRule, whose CRDs may not be served.
+//! - [`optional_crd`]: ServiceMonitor, PrometheusRule and ScaledObject, whose CRDs may not be served.
 
 mod controller;
 mod execute;
@@ -138,6 +138,8 @@ pub struct Stores {
     pub service_monitors: Store<PartialObjectMeta<DynamicObject>>,
     /// PrometheusRules (metadata only; empty while the CRD is not served).
     pub prometheus_rules: Store<PartialObjectMeta<DynamicObject>>,
+    /// KEDA ScaledObjects (metadata only; empty while the CRD is not served).
+    pub scaled_objects: Store<PartialObjectMeta<DynamicObject>>,
 }
 
 /// The optional CRDs.
@@ -147,6 +149,8 @@ pub struct OptionalCrds {
     pub service_monitors: OptionalCrd,
     /// `prometheusrules.monitoring.coreos.com`.
     pub prometheus_rules: OptionalCrd,
+    /// `scaledobjects.keda.sh`.
+    pub scaled_objects: OptionalCrd,
 }
 
 /// Shared state of every reconcile.
@@ -159,7 +163,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Caches.
     pub stores: Stores,
-    /// ServiceMonitor and PrometheusRule CRDs, and whether they are served.
+    /// ServiceMonitor, PrometheusRule and ScaledObject CRDs, and whether they are served.
     pub crds: OptionalCrds,
     /// True while this process may write (holds the lease, or runs without leader election).
     pub may_write: Arc<AtomicBool>,

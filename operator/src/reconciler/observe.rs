@@ -38,6 +38,7 @@ pub(super) async fn gather(ctx: &Context, ms: &Arc<MicroService>) -> Result<Obse
     let crds = &ctx.crds;
     let sm = ObjectRef::new_with(&name, crds.service_monitors.resource.clone()).within(&ns);
     let pr = ObjectRef::new_with(&name, crds.prometheus_rules.resource.clone()).within(&ns);
+    let so = ObjectRef::new_with(&name, crds.scaled_objects.resource.clone()).within(&ns);
     Ok(Observed {
         microservice: ms.clone(),
         deployment: lookup(&stores.deployments, &ns, &name),
@@ -48,11 +49,13 @@ pub(super) async fn gather(ctx: &Context, ms: &Arc<MicroService>) -> Result<Obse
         disruption_budget: lookup(&stores.disruption_budgets, &ns, &name),
         service_monitor: stores.service_monitors.get(&sm),
         prometheus_rule: stores.prometheus_rules.get(&pr),
+        scaled_object: stores.scaled_objects.get(&so),
         dependencies: dependency_closure(&stores.microservices, ms, &ns),
         config: config_map(ctx, ms, &ns).await?,
         crds: ServedCrds {
             service_monitors: crds.service_monitors.served(),
             prometheus_rules: crds.prometheus_rules.served(),
+            scaled_objects: crds.scaled_objects.served(),
         },
         measurements: ctx.checks.measurements(&ObjectRef::from_obj(ms.as_ref())),
     })

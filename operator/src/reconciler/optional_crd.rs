@@ -1,9 +1,9 @@
 //! A child kind whose CRD may or may not be served (the Prometheus Operator's ServiceMonitor and
-//! PrometheusRule). API discovery says whether it is served at start; a metadata-only watch of
-//! the CRD by name keeps the answer current (and every MicroService is reconciled again when it
-//! changes); the children themselves are watched metadata-only once the CRD is served, so a
-//! cluster without the Prometheus Operator sees no watch errors. Without the CRD, the child's
-//! condition says why and nothing else is affected.
+//! PrometheusRule, KEDA's ScaledObject). API discovery says whether it is served at start; a
+//! metadata-only watch of the CRD by name keeps the answer current (and every MicroService is
+//! reconciled again when it changes); the children themselves are watched metadata-only once the
+//! CRD is served, so a cluster without the Prometheus Operator or KEDA sees no watch errors.
+//! Without the CRD, the child's condition says why and nothing else is affected.
 
 use std::time::Duration;
 

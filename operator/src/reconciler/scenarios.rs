@@ -371,3 +371,65 @@ async fn status_fields_an_older_operator_owns_are_handed_to_the_status_manager_o
     let (_, seen) = reconcile_once(&converged, true, |s| s).await;
     assert!(seen.is_empty(), "without the old entry nothing is written");
 }
+
+/// `order` autoscaled with a gRPC latency target (and what it needs), reconciled until converged
+/// with the KEDA and ServiceMonitor CRDs served as `keda` says.
+fn converged_grpc_autoscaled(latency: bool, keda: bool) -> Observed {
+    let mut autoscaling = json!({"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70});
+    if latency {
+        autoscaling["latencyP99Milliseconds"] = json!(250);
+        autoscaling["prometheusAddress"] = json!("http://prometheus.monitoring.svc:9090");
+    }
+    let ms = ferry_operator_core::fixtures::from(json!({
+        "ports": [
+            {"name": "grpc", "port": 50051, "protocol": "grpc"},
+            {"name": "metrics", "port": 9090, "protocol": "http"}
+        ],
+        "monitoring": {"port": "metrics"},
+        "resources": {"requests": {"cpu": "100m"}},
+        "autoscaling": autoscaling
+    }));
+    let mut observed = Observed::new(Arc::new(ms));
+    observed.crds =
+        plan::ServedCrds { service_monitors: true, prometheus_rules: false, scaled_objects: keda };
+    for _ in 0..8 {
+        let next = plan::plan(&observed, Timestamp::now());
+        if next.batches.is_empty() && next.status.is_none() {
+            return observed;
+        }
+        converge(&mut observed, &next);
+        roll_out(&mut observed);
+    }
+    panic!("no convergence: {observed:#?}");
+}
+
+#[tokio::test]
+async fn a_latency_target_deletes_the_hpa_and_applies_a_keda_scaled_object() {
+    let hpa_only = converged_grpc_autoscaled(false, true);
+    let target = converged_grpc_autoscaled(true, true);
+    let observed = with(&hpa_only, |ms| {
+        ms.spec.autoscaling = target.microservice.spec.autoscaling.clone();
+        ms.metadata.generation = ms.metadata.generation.map(|g| g + 1);
+    });
+    let (result, seen) = reconcile_once(&observed, true, |s| s).await;
+    assert!(result.is_ok(), "{result:?}");
+    let lines = lines(&seen);
+    let scaled_objects = "/apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects";
+    assert!(lines.contains(&apply(scaled_objects, "order")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with(&format!("DELETE {HPA}/order"))), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.starts_with(&format!("PATCH {HPA}"))), "{lines:#?}");
+    let so = seen.iter().find(|s| s.line() == apply(scaled_objects, "order")).expect("the apply");
+    assert_eq!(so.body["spec"]["scaleTargetRef"]["kind"], "MicroService");
+    assert_eq!(condition(status_body(&seen), "ScaledObjectReady")["status"], "True");
+}
+
+#[tokio::test]
+async fn without_keda_a_latency_target_converges_with_its_condition_and_then_sends_nothing() {
+    let observed = converged_grpc_autoscaled(true, false);
+    let status = observed.microservice.status.as_ref().expect("status");
+    let c = status.condition("ScaledObjectReady").expect("the condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "CRDNotInstalled"));
+    let (result, seen) = reconcile_once(&observed, true, |s| s).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(lines(&seen), Vec::<String>::new(), "converged: nothing more to write");
+}

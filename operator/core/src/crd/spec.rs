@@ -82,6 +82,7 @@ pub const MAX_SECRETS: usize = 16;
     validation = Rule::new("!has(self.monitoring) || (has(self.monitoring.enabled) && !self.monitoring.enabled) || (has(self.monitoring.port) ? !self.ports.exists(p, p.name == self.monitoring.port && p.protocol == 'grpc') : (self.ports.exists(p, p.name == 'metrics') ? !self.ports.exists(p, p.name == 'metrics' && p.protocol == 'grpc') : (self.ports.exists(p, p.protocol == 'http') || self.ports[0].protocol != 'grpc')))").message("monitoring: the scraped port speaks grpc, but Prometheus scrapes HTTP; add an http port (e.g. named metrics) or set monitoring.port to one").field_path(".monitoring").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.strategy) || !has(self.strategy.blueGreen) || ((!has(self.strategy.blueGreen.prePromotionChecks) || self.strategy.blueGreen.prePromotionChecks.all(c, !has(c.grpcHealth) || (has(c.grpcHealth.port) ? self.ports.exists(p, p.name == c.grpcHealth.port && p.protocol == 'grpc') : self.ports.exists(p, p.protocol == 'grpc')))) && (!has(self.strategy.blueGreen.postPromotionChecks) || self.strategy.blueGreen.postPromotionChecks.all(c, !has(c.grpcHealth) || (has(c.grpcHealth.port) ? self.ports.exists(p, p.name == c.grpcHealth.port && p.protocol == 'grpc') : self.ports.exists(p, p.protocol == 'grpc')))))").message("a grpcHealth check needs a grpc port: grpcHealth.port must name one of spec.ports with protocol grpc (without it, the first grpc port is dialled)").field_path(".strategy.blueGreen").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.autoscaling) || !has(self.strategy) || !has(self.strategy.blueGreen) || !has(self.strategy.blueGreen.previewReplicaCount) || self.strategy.blueGreen.previewReplicaCount <= self.autoscaling.maxReplicas").message("strategy.blueGreen.previewReplicaCount must not exceed autoscaling.maxReplicas").field_path(".strategy.blueGreen.previewReplicaCount").reason(Reason::FieldValueInvalid),
+    validation = Rule::new("!has(self.autoscaling) || (!has(self.autoscaling.latencyP99Milliseconds) && !has(self.autoscaling.requestsPerSecondPerPod)) || (has(self.monitoring) && (!has(self.monitoring.enabled) || self.monitoring.enabled) && self.ports.exists(p, p.protocol == 'grpc'))").message("autoscaling on latencyP99Milliseconds or requestsPerSecondPerPod reads the service's gRPC metrics from Prometheus: it needs a grpc port and spec.monitoring enabled (the ServiceMonitor that gets them scraped)").field_path(".autoscaling").reason(Reason::FieldValueInvalid),
     validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetMemoryUtilizationPercentage) || (has(self.resources) && has(self.resources.requests) && 'memory' in self.resources.requests)").message("autoscaling on memory needs resources.requests.memory: the autoscaler computes utilization against the request").field_path(".resources"),
 )]
 pub struct MicroServiceSpec {
@@ -343,6 +344,10 @@ pub struct ProbeOverrides {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"),
+    validation = Rule::new("!has(self.latencyP99Milliseconds) || self.latencyP99Milliseconds > 0").message("autoscaling.latencyP99Milliseconds must be above zero").field_path(".latencyP99Milliseconds").reason(Reason::FieldValueInvalid),
+    validation = Rule::new("!has(self.requestsPerSecondPerPod) || self.requestsPerSecondPerPod > 0").message("autoscaling.requestsPerSecondPerPod must be above zero").field_path(".requestsPerSecondPerPod").reason(Reason::FieldValueInvalid),
+    validation = Rule::new("has(self.latencyP99Milliseconds) || has(self.requestsPerSecondPerPod) || (!has(self.metricsWindow) && !has(self.prometheusAddress))").message("autoscaling.metricsWindow and autoscaling.prometheusAddress apply only to the gRPC targets: set latencyP99Milliseconds or requestsPerSecondPerPod, or remove them").reason(Reason::FieldValueForbidden),
+    validation = Rule::new("(!has(self.latencyP99Milliseconds) && !has(self.requestsPerSecondPerPod)) || has(self.prometheusAddress)").message("autoscaling on latencyP99Milliseconds or requestsPerSecondPerPod needs autoscaling.prometheusAddress: the Prometheus that KEDA queries").field_path(".prometheusAddress").reason(Reason::FieldValueRequired),
 )]
 pub struct AutoscalingSpec {
     /// Lower bound on the number of pods (default 1).
@@ -361,6 +366,35 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub target_memory_utilization_percentage: Option<i32>,
+    /// Target p99 latency of the service's gRPC calls, in milliseconds: the 99th percentile of
+    /// `grpc_server_handling_seconds` over `metricsWindow`, across all pods. Setting this or
+    /// `requestsPerSecondPerPod` makes Ferry generate a KEDA ScaledObject instead of a
+    /// HorizontalPodAutoscaler (KEDA creates the HPA; CPU and memory targets become KEDA triggers,
+    /// and the highest recommendation wins). Needs KEDA, `spec.monitoring` (the ServiceMonitor that
+    /// gets the metrics into Prometheus) and `prometheusAddress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3600000))]
+    pub latency_p99_milliseconds: Option<i32>,
+    /// Target gRPC requests per second per pod: the rate of `grpc_server_handled_total` over
+    /// `metricsWindow`, summed over the service, divided by the number of pods. Like
+    /// `latencyP99Milliseconds`, it makes Ferry generate a KEDA ScaledObject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000000))]
+    pub requests_per_second_per_pod: Option<i32>,
+    /// The window the p99 latency and the request rate are computed over: seconds, minutes or
+    /// hours such as `30s`, `1m` or `2m30s`, from 30s to 1h (default `1m`). Keep it at least
+    /// four times Prometheus' scrape interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && duration(self) >= duration('30s') && duration(self) <= duration('1h')").message("autoscaling.metricsWindow must be a duration such as 30s, 1m or 2m30s (units h, m, s), from 30s to 1h").reason(Reason::FieldValueInvalid))]
+    pub metrics_window: Option<String>,
+    /// `http://` or `https://` base URL of the Prometheus that KEDA queries for the gRPC targets
+    /// (for example `http://prometheus.monitoring.svc:9090`). Required with a gRPC target: there
+    /// is no default, because a guessed address fails silently inside KEDA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("autoscaling.prometheusAddress must be an http:// or https:// URL").reason(Reason::FieldValueInvalid))]
+    pub prometheus_address: Option<String>,
     /// Scale-up and scale-down behaviour (stabilization windows and policies), as in autoscaling/v2:
     /// `selectPolicy` Max, Min or Disabled; `stabilizationWindowSeconds` 0 to 3600; each policy of
     /// type Pods or Percent with `value` above 0 and `periodSeconds` 1 to 1800.

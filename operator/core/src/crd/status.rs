@@ -19,6 +19,8 @@ pub mod condition_type {
     pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
     /// `monitoring.alerts` only: the PrometheusRule exists (or why it does not).
     pub const PROMETHEUS_RULE_READY: &str = "PrometheusRuleReady";
+    /// `autoscaling` with a gRPC target only: the KEDA ScaledObject exists (or why it does not).
+    pub const SCALED_OBJECT_READY: &str = "ScaledObjectReady";
     /// The spec cannot be reconciled; the reason and message say why. Nothing is written until it changes.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// Every child write of the last reconcile was accepted by the API server (False names the
@@ -29,7 +31,7 @@ pub mod condition_type {
     pub const PROMOTED: &str = "Promoted";
 
     /// Every type, in the order they appear in status.
-    pub const ORDER: [&str; 9] = [
+    pub const ORDER: [&str; 10] = [
         AVAILABLE,
         PROGRESSING,
         DEGRADED,
@@ -38,6 +40,7 @@ pub mod condition_type {
         INVALID_SPEC,
         SYNCED,
         PROMETHEUS_RULE_READY,
+        SCALED_OBJECT_READY,
         PROMOTED,
     ];
 

@@ -32,8 +32,12 @@ fn resource_metric(name: &str, utilization: i32) -> MetricSpec {
     }
 }
 
-/// Builds the autoscaler, when `spec.autoscaling` is set.
+/// Builds the autoscaler, when `spec.autoscaling` is set without a gRPC target (with one, KEDA's
+/// ScaledObject takes its place: [`super::scaled_object`]).
 pub fn autoscaler(ms: &MicroService) -> Option<HorizontalPodAutoscaler> {
+    if super::scaled_object::wanted(ms).is_some() {
+        return None;
+    }
     let a = ms.spec.autoscaling.as_ref()?;
     let mut metrics = Vec::new();
     let cpu = match (a.target_cpu_utilization_percentage, a.target_memory_utilization_percentage) {
@@ -121,6 +125,13 @@ mod tests {
             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 120}}}}));
         let behavior = autoscaler(&ms).expect("hpa").spec.behavior.expect("behavior");
         assert_eq!(behavior.scale_down.expect("down").stabilization_window_seconds, Some(120));
+    }
+
+    #[test]
+    fn a_grpc_target_means_no_hpa_of_ours() {
+        let ms = from(json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 3,
+            "requestsPerSecondPerPod": 20, "targetCPUUtilizationPercentage": 60}}));
+        assert!(autoscaler(&ms).is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod disruption;
 pub mod labels;
 pub mod probes;
 pub mod prometheus_rule;
+pub mod scaled_object;
 pub mod secrets;
 pub mod security;
 pub mod service;
@@ -48,6 +49,8 @@ pub struct Inputs {
     pub service_monitor_supported: bool,
     /// Whether the PrometheusRule CRD is served by the cluster.
     pub prometheus_rule_supported: bool,
+    /// Whether the KEDA ScaledObject CRD is served by the cluster.
+    pub scaled_object_supported: bool,
 }
 
 /// Every child a MicroService should have. `None` means "must not exist".
@@ -57,7 +60,7 @@ pub struct Desired {
     pub deployment: Deployment,
     /// The Service in front of the pods.
     pub service: Service,
-    /// The autoscaler, when `spec.autoscaling` is set.
+    /// The autoscaler, when `spec.autoscaling` is set without a gRPC target.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// The disruption budget, when `spec.disruptionBudget` is set.
     pub disruption_budget: Option<PodDisruptionBudget>,
@@ -65,6 +68,9 @@ pub struct Desired {
     pub service_monitor: Option<DynamicObject>,
     /// The PrometheusRule, when alerts are on and its CRD is served.
     pub prometheus_rule: Option<DynamicObject>,
+    /// The KEDA ScaledObject, when `spec.autoscaling` sets a gRPC target and its CRD is served
+    /// (never together with [`Desired::autoscaler`]).
+    pub scaled_object: Option<DynamicObject>,
 }
 
 /// Builds every desired child, each stamped with its spec hash.
@@ -73,6 +79,11 @@ pub fn build(ms: &MicroService, inputs: &Inputs) -> Desired {
         deployment: stamp(deployment::deployment(ms, inputs)),
         service: stamp(service::service(ms)),
         autoscaler: autoscaler::autoscaler(ms).map(stamp),
+        scaled_object: if inputs.scaled_object_supported {
+            scaled_object::scaled_object(ms).map(stamp)
+        } else {
+            None
+        },
         disruption_budget: disruption::disruption_budget(ms).map(stamp),
         service_monitor: if inputs.service_monitor_supported {
             service_monitor::service_monitor(ms).map(stamp)
@@ -209,6 +220,21 @@ mod tests {
         let rule = build(&ms, &served).prometheus_rule.expect("rule");
         assert!(spec_hash_of(&rule).is_some());
         assert!(build(&order(), &served).prometheus_rule.is_none());
+    }
+
+    #[test]
+    fn a_grpc_target_builds_a_scaled_object_instead_of_the_hpa_and_only_when_keda_is_served() {
+        let ms = from(json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4,
+            "latencyP99Milliseconds": 200, "prometheusAddress": "http://prom:9090"}}));
+        let absent = build(&ms, &Inputs::default());
+        assert!(absent.autoscaler.is_none() && absent.scaled_object.is_none());
+        let served = Inputs { scaled_object_supported: true, ..Inputs::default() };
+        let desired = build(&ms, &served);
+        assert!(desired.autoscaler.is_none());
+        assert!(spec_hash_of(desired.scaled_object.as_ref().expect("so")).is_some());
+        let cpu_only = from(json!({"autoscaling": {"minReplicas": 1, "maxReplicas": 4}}));
+        let desired = build(&cpu_only, &served);
+        assert!(desired.autoscaler.is_some() && desired.scaled_object.is_none());
     }
 
     #[test]

@@ -164,7 +164,12 @@ pub fn prometheus_rule(ms: &MicroService) -> Option<DynamicObject> {
 
     let mut rules = vec![latency, errors, pods];
     if ms.spec.autoscaling.is_some() {
-        let hpa = format!(r#"namespace="{ns}",horizontalpodautoscaler="{name}""#);
+        // NB: with a gRPC target the HPA is KEDA's, named after the ScaledObject.
+        let hpa_name = match super::scaled_object::wanted(ms) {
+            Some(_) => super::scaled_object::keda_hpa_name(&name),
+            None => name.clone(),
+        };
+        let hpa = format!(r#"namespace="{ns}",horizontalpodautoscaler="{hpa_name}""#);
         rules.push(alert(
             ms,
             "AutoscalerAtMaxReplicas",
@@ -323,6 +328,21 @@ mod tests {
         assert!(expr.contains(">= on (namespace, horizontalpodautoscaler)"), "{expr}");
         assert!(expr.contains("kube_horizontalpodautoscaler_spec_max_replicas"), "{expr}");
         assert_eq!(hpa["for"], "1h");
+    }
+
+    #[test]
+    fn with_a_grpc_autoscaling_target_the_autoscaler_alert_reads_the_hpa_keda_creates() {
+        let mut ms = with_alerts(json!({}));
+        ms.spec.autoscaling = Some(crate::crd::AutoscalingSpec {
+            min_replicas: 1,
+            max_replicas: 4,
+            latency_p99_milliseconds: Some(200),
+            ..Default::default()
+        });
+        let rule = prometheus_rule(&ms).expect("rule");
+        let rules = rules(&rule);
+        let expr = named(&rules, "AutoscalerAtMaxReplicas")["expr"].as_str().expect("expr").to_string();
+        assert!(expr.contains(r#"horizontalpodautoscaler="keda-hpa-order""#), "{expr}");
     }
 
     #[test]

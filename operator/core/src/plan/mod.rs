@@ -36,10 +36,10 @@ pub use writes::{Batch, Child, ChildKind, Write, controlled_by, ensure};
 use crate::{
     crd::{MicroService, MicroServiceStatus, Phase, condition_type as ct},
     dependencies::{self, DependencyState},
-    desired::{self, Desired, Inputs, labels, prometheus_rule, service_monitor},
+    desired::{self, Desired, Inputs, labels, prometheus_rule, scaled_object, service_monitor},
     drift::is_legacy_status,
     rollout::checks::Measurement,
-    status::{self, AlertsState, DeploymentView, MonitorState, Observation, StatusEvent},
+    status::{self, AlertsState, DeploymentView, MonitorState, Observation, ScalerState, StatusEvent},
     validation::{self, PodExtras, SpecError},
 };
 
@@ -71,6 +71,8 @@ pub struct ServedCrds {
     pub service_monitors: bool,
     /// `prometheusrules.monitoring.coreos.com`.
     pub prometheus_rules: bool,
+    /// `scaledobjects.keda.sh`.
+    pub scaled_objects: bool,
 }
 
 /// Everything one reconcile decides from, as the caches hold it.
@@ -95,6 +97,8 @@ pub struct Observed {
     pub service_monitor: Option<Arc<PartialObjectMeta<DynamicObject>>>,
     /// The PrometheusRule (metadata only).
     pub prometheus_rule: Option<Arc<PartialObjectMeta<DynamicObject>>>,
+    /// The KEDA ScaledObject (metadata only).
+    pub scaled_object: Option<Arc<PartialObjectMeta<DynamicObject>>>,
     /// The MicroServices of the namespace reachable through `dependsOn`, by name.
     pub dependencies: BTreeMap<String, Arc<MicroService>>,
     /// The mounted ConfigMap.
@@ -118,6 +122,7 @@ impl Observed {
             disruption_budget: None,
             service_monitor: None,
             prometheus_rule: None,
+            scaled_object: None,
             dependencies: BTreeMap::new(),
             config: ConfigObs::default(),
             crds: ServedCrds::default(),
@@ -270,6 +275,7 @@ fn park_invalid(observed: &Observed, err: &SpecError, now: &Time) -> Plan {
         held: false,
         monitor,
         alerts: AlertsState::NotRequested,
+        scaler: ScalerState::NotRequested,
         selector: labels::selector_string(ms),
         notes: vec![],
         rollout: None,
@@ -293,12 +299,13 @@ fn reconcile(observed: &Observed, extras: PodExtras, now: Timestamp) -> Plan {
         config_hash,
         service_monitor_supported: observed.crds.service_monitors,
         prometheus_rule_supported: observed.crds.prometheus_rules,
+        scaled_object_supported: observed.crds.scaled_objects,
     };
     let desired = desired::build(&ms, &inputs);
     let ctx = Ctx { ms: &ms, observed, inputs: &inputs, deps: &deps, now };
     let mut workload =
         if is_blue_green(&ms) { blue_green::plan(&ctx) } else { rolling::plan(&ctx, &desired) };
-    let (optional, monitor, alerts) = optional_children(&ctx, &desired);
+    let (optional, states) = optional_children(&ctx, &desired);
     join_first(&mut workload.batches, optional);
     if let Some(seed) = seed {
         workload.batches.insert(0, Batch(vec![seed]));
@@ -311,8 +318,9 @@ fn reconcile(observed: &Observed, extras: PodExtras, now: Timestamp) -> Plan {
         deployment: view.as_ref(),
         desired_replicas: desired::effective_replicas(&ms),
         held: workload.held,
-        monitor,
-        alerts,
+        monitor: states.monitor,
+        alerts: states.alerts,
+        scaler: states.scaler,
         selector: labels::selector_string(&ms),
         notes,
         rollout: rollout.as_ref().map(|r| &r.summary),
@@ -408,9 +416,18 @@ fn config_input(ms: &MicroService, config: &ConfigObs) -> (Option<String>, Vec<S
     }
 }
 
-/// The HPA, PDB, ServiceMonitor and PrometheusRule: independent of each other and of the workload.
-/// The monitoring children are written only while their CRD is served.
-fn optional_children(ctx: &Ctx<'_>, desired: &Desired) -> (Vec<Write>, MonitorState, AlertsState) {
+/// What happened to the children whose CRD may not be served.
+struct OptionalStates {
+    monitor: MonitorState,
+    alerts: AlertsState,
+    scaler: ScalerState,
+}
+
+/// The HPA, PDB, ServiceMonitor, PrometheusRule and ScaledObject: independent of each other and of
+/// the workload. The children of optional CRDs are written only while their CRD is served. The
+/// HPA and the ScaledObject exclude each other: the desired one is applied and the other, if it
+/// exists, deleted (in the same batch), so one MicroService never has two autoscalers.
+fn optional_children(ctx: &Ctx<'_>, desired: &Desired) -> (Vec<Write>, OptionalStates) {
     let (ms, observed) = (ctx.ms, ctx.observed);
     let served = observed.crds;
     let monitor = match (service_monitor::wanted(ms), served.service_monitors) {
@@ -423,6 +440,11 @@ fn optional_children(ctx: &Ctx<'_>, desired: &Desired) -> (Vec<Write>, MonitorSt
         (true, false) => AlertsState::CrdNotInstalled,
         (true, true) => AlertsState::Applied,
     };
+    let scaler = match (scaled_object::wanted(ms).is_some(), served.scaled_objects) {
+        (false, _) => ScalerState::NotRequested,
+        (true, false) => ScalerState::CrdNotInstalled,
+        (true, true) => ScalerState::Applied,
+    };
     // NB: the observed and the desired child of a kind have the same field name.
     macro_rules! child {
         ($field:ident, $kind:ident) => {
@@ -434,11 +456,12 @@ fn optional_children(ctx: &Ctx<'_>, desired: &Desired) -> (Vec<Write>, MonitorSt
         child!(disruption_budget, PodDisruptionBudget),
         served.service_monitors.then(|| child!(service_monitor, ServiceMonitor)).flatten(),
         served.prometheus_rules.then(|| child!(prometheus_rule, PrometheusRule)).flatten(),
+        served.scaled_objects.then(|| child!(scaled_object, ScaledObject)).flatten(),
     ]
     .into_iter()
     .flatten()
     .collect();
-    (writes, monitor, alerts)
+    (writes, OptionalStates { monitor, alerts, scaler })
 }
 
 /// Adds independent writes to the first batch (creating it when there is none).

@@ -319,3 +319,136 @@ fn an_older_operators_status_entry_makes_the_status_written_once_and_released() 
     assert_eq!(plan.status, observed.microservice.status, "the same status, written by the status manager");
     assert!(plan.batches.is_empty());
 }
+
+/// `order` autoscaled on CPU, plus the gRPC targets in `grpc` (with what they need: a metrics
+/// port, monitoring and the Prometheus address).
+fn autoscaled(grpc: serde_json::Value) -> MicroService {
+    let mut autoscaling = json!({"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 70,
+        "prometheusAddress": "http://prometheus.monitoring.svc:9090"});
+    for (k, v) in grpc.as_object().expect("object") {
+        autoscaling[k] = v.clone();
+    }
+    fixtures::from(json!({
+        "ports": [
+            {"name": "grpc", "port": 50051, "protocol": "grpc"},
+            {"name": "metrics", "port": 9090, "protocol": "http"}
+        ],
+        "monitoring": {"port": "metrics"},
+        "resources": {"requests": {"cpu": "100m"}},
+        "autoscaling": autoscaling
+    }))
+}
+
+/// Reconciled until nothing changes, with the given CRDs served.
+fn converged_with(ms: MicroService, crds: ServedCrds) -> Observed {
+    let mut observed = Observed::new(Arc::new(ms));
+    observed.crds = crds;
+    for _ in 0..8 {
+        let plan = plan(&observed, now());
+        if plan.batches.is_empty() && plan.status.is_none() {
+            return observed;
+        }
+        converge(&mut observed, &plan);
+        roll_out(&mut observed);
+    }
+    panic!("no convergence after 8 reconciles: {observed:#?}");
+}
+
+/// The converged MicroService with a new `spec.autoscaling` (replicas kept), one generation on.
+fn with_autoscaling(observed: &Observed, from: &MicroService) -> Observed {
+    let mut ms = observed.microservice.as_ref().clone();
+    ms.spec.autoscaling = from.spec.autoscaling.clone();
+    ms.metadata.generation = ms.metadata.generation.map(|g| g + 1);
+    let mut next = observed.clone();
+    next.microservice = Arc::new(ms);
+    next
+}
+
+const KEDA: ServedCrds = ServedCrds { service_monitors: true, prometheus_rules: false, scaled_objects: true };
+const NO_KEDA: ServedCrds =
+    ServedCrds { service_monitors: true, prometheus_rules: false, scaled_objects: false };
+
+#[test]
+fn a_latency_target_with_keda_served_applies_a_scaled_object_and_no_hpa() {
+    let plan = plan(
+        &Observed {
+            crds: KEDA,
+            ..Observed::new(Arc::new(autoscaled(json!({"latencyP99Milliseconds": 200}))))
+        },
+        now(),
+    );
+    let all: Vec<_> = writes(&plan).concat();
+    assert!(all.contains(&w("apply", "ScaledObject", "order")), "{all:?}");
+    assert!(!all.iter().any(|(_, kind, _)| *kind == "HorizontalPodAutoscaler"), "{all:?}");
+    assert_eq!(condition(&plan, ct::SCALED_OBJECT_READY), ("True".into(), "Applied".into()));
+}
+
+#[test]
+fn without_keda_a_grpc_target_is_explained_by_a_condition_and_everything_else_reconciles() {
+    let observed = Observed {
+        crds: NO_KEDA,
+        ..Observed::new(Arc::new(autoscaled(json!({"requestsPerSecondPerPod": 30}))))
+    };
+    let plan = plan(&observed, now());
+    let all: Vec<_> = writes(&plan).concat();
+    for child in [("apply", "Deployment"), ("apply", "Service"), ("apply", "ServiceMonitor")] {
+        assert!(all.contains(&w(child.0, child.1, "order")), "{all:?}");
+    }
+    assert!(
+        !all.iter().any(|(_, kind, _)| ["ScaledObject", "HorizontalPodAutoscaler"].contains(kind)),
+        "{all:?}"
+    );
+    assert_eq!(condition(&plan, ct::SCALED_OBJECT_READY), ("False".into(), "CRDNotInstalled".into()));
+    let message =
+        &plan.status.as_ref().expect("status").condition(ct::SCALED_OBJECT_READY).expect("c").message;
+    assert!(message.contains("scaledobjects.keda.sh"), "{message}");
+    assert!(reasons(&plan).contains(&EventReason::ScaledObjectUnavailable));
+    assert_eq!(condition(&plan, ct::SYNCED), ("True".into(), "AllApplied".into()));
+}
+
+#[test]
+fn an_hpa_only_microservice_gets_no_scaled_object_condition() {
+    let plan = plan(&Observed { crds: KEDA, ..Observed::new(Arc::new(autoscaled(json!({})))) }, now());
+    let all: Vec<_> = writes(&plan).concat();
+    assert!(all.contains(&w("apply", "HorizontalPodAutoscaler", "order")), "{all:?}");
+    assert!(!all.iter().any(|(_, kind, _)| *kind == "ScaledObject"), "{all:?}");
+    assert!(plan.status.as_ref().expect("status").condition(ct::SCALED_OBJECT_READY).is_none());
+}
+
+#[test]
+fn adding_a_grpc_target_replaces_the_hpa_by_a_scaled_object_in_one_batch() {
+    let observed = converged_with(autoscaled(json!({})), KEDA);
+    assert!(observed.autoscaler.is_some() && observed.scaled_object.is_none());
+    let next = with_autoscaling(&observed, &autoscaled(json!({"latencyP99Milliseconds": 250})));
+    let plan = plan(&next, now());
+    assert_eq!(
+        writes(&plan),
+        [[w("delete", "HorizontalPodAutoscaler", "order"), w("apply", "ScaledObject", "order")]]
+    );
+    let mut after = next;
+    converge(&mut after, &plan);
+    assert!(after.autoscaler.is_none() && after.scaled_object.is_some());
+}
+
+#[test]
+fn removing_the_grpc_targets_replaces_the_scaled_object_by_an_hpa_and_says_so() {
+    let observed = converged_with(autoscaled(json!({"requestsPerSecondPerPod": 40})), KEDA);
+    assert!(observed.autoscaler.is_none() && observed.scaled_object.is_some());
+    let mut cpu_only = autoscaled(json!({}));
+    cpu_only.spec.autoscaling.as_mut().expect("autoscaling").prometheus_address = None;
+    let next = with_autoscaling(&observed, &cpu_only);
+    let plan = plan(&next, now());
+    assert_eq!(
+        writes(&plan),
+        [[w("apply", "HorizontalPodAutoscaler", "order"), w("delete", "ScaledObject", "order")]]
+    );
+    assert_eq!(condition(&plan, ct::SCALED_OBJECT_READY), ("False".into(), "NotRequested".into()));
+}
+
+#[test]
+fn a_converged_scaled_object_plans_nothing() {
+    let observed = converged_with(autoscaled(json!({"latencyP99Milliseconds": 250})), KEDA);
+    let plan = plan(&observed, now());
+    assert!(plan.batches.is_empty(), "{:#?}", plan.batches);
+    assert_eq!(plan.status, None);
+}

@@ -31,6 +31,8 @@ pub enum ChildKind {
     ServiceMonitor,
     /// `monitoring.coreos.com/v1` PrometheusRule.
     PrometheusRule,
+    /// `keda.sh/v1alpha1` ScaledObject.
+    ScaledObject,
 }
 
 impl ChildKind {
@@ -43,6 +45,7 @@ impl ChildKind {
             Self::PodDisruptionBudget => "PodDisruptionBudget",
             Self::ServiceMonitor => "ServiceMonitor",
             Self::PrometheusRule => "PrometheusRule",
+            Self::ScaledObject => "ScaledObject",
         }
     }
 }
@@ -62,6 +65,8 @@ pub enum Child {
     ServiceMonitor(Box<DynamicObject>),
     /// The PrometheusRule.
     PrometheusRule(Box<DynamicObject>),
+    /// The KEDA ScaledObject.
+    ScaledObject(Box<DynamicObject>),
 }
 
 impl Child {
@@ -74,6 +79,7 @@ impl Child {
             Self::PodDisruptionBudget(_) => ChildKind::PodDisruptionBudget,
             Self::ServiceMonitor(_) => ChildKind::ServiceMonitor,
             Self::PrometheusRule(_) => ChildKind::PrometheusRule,
+            Self::ScaledObject(_) => ChildKind::ScaledObject,
         }
     }
 
@@ -84,7 +90,7 @@ impl Child {
             Self::Service(o) => o.meta(),
             Self::HorizontalPodAutoscaler(o) => o.meta(),
             Self::PodDisruptionBudget(o) => o.meta(),
-            Self::ServiceMonitor(o) | Self::PrometheusRule(o) => o.meta(),
+            Self::ServiceMonitor(o) | Self::PrometheusRule(o) | Self::ScaledObject(o) => o.meta(),
         }
     }
 

@@ -34,6 +34,8 @@ pub enum EventReason {
     ServiceMonitorUnavailable,
     /// Alerts are asked for but the PrometheusRule CRD is not served.
     PrometheusRuleUnavailable,
+    /// A gRPC autoscaling target is set but the KEDA ScaledObject CRD is not served.
+    ScaledObjectUnavailable,
     /// A child write failed (once per distinct failure).
     ChildWriteFailed,
     /// A blue-green rollout of a new revision started.
@@ -73,6 +75,7 @@ impl EventReason {
             Self::WaitingForDependencies => "WaitingForDependencies",
             Self::ServiceMonitorUnavailable => "ServiceMonitorUnavailable",
             Self::PrometheusRuleUnavailable => "PrometheusRuleUnavailable",
+            Self::ScaledObjectUnavailable => "ScaledObjectUnavailable",
             Self::ChildWriteFailed => "ChildWriteFailed",
             Self::RolloutStarted => "RolloutStarted",
             Self::Switched => "Switched",
@@ -165,7 +168,8 @@ fn crd_missing_event(
 }
 
 /// Events for the transitions between two statuses: a failed child write, invalid spec, degraded,
-/// recovered, available, waiting for dependencies, a missing ServiceMonitor or PrometheusRule CRD.
+/// recovered, available, waiting for dependencies, a missing ServiceMonitor, PrometheusRule or
+/// ScaledObject CRD.
 /// Nothing when nothing transitioned.
 pub fn events(previous: Option<&MicroServiceStatus>, next: &MicroServiceStatus) -> Vec<StatusEvent> {
     let message = |type_: &str| next.condition(type_).map(|c| c.message.clone()).unwrap_or_default();
@@ -193,6 +197,7 @@ pub fn events(previous: Option<&MicroServiceStatus>, next: &MicroServiceStatus) 
     let missing_crds = [
         (ct::SERVICE_MONITOR_READY, EventReason::ServiceMonitorUnavailable),
         (ct::PROMETHEUS_RULE_READY, EventReason::PrometheusRuleUnavailable),
+        (ct::SCALED_OBJECT_READY, EventReason::ScaledObjectUnavailable),
     ];
     for (type_, reason) in missing_crds {
         out.extend(crd_missing_event(previous, next, type_, reason));
@@ -216,6 +221,7 @@ mod tests {
             (WaitingForDependencies, "WaitingForDependencies"),
             (ServiceMonitorUnavailable, "ServiceMonitorUnavailable"),
             (PrometheusRuleUnavailable, "PrometheusRuleUnavailable"),
+            (ScaledObjectUnavailable, "ScaledObjectUnavailable"),
             (ChildWriteFailed, "ChildWriteFailed"),
             (RolloutStarted, "RolloutStarted"),
             (Switched, "Switched"),

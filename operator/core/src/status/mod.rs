@@ -48,6 +48,17 @@ pub enum AlertsState {
     Applied,
 }
 
+/// What happened to the KEDA ScaledObject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalerState {
+    /// `spec.autoscaling` sets no gRPC target (an HPA, or no autoscaler at all).
+    NotRequested,
+    /// A gRPC target is set but the ScaledObject CRD (KEDA) is not served: no autoscaler runs.
+    CrdNotInstalled,
+    /// The ScaledObject is applied.
+    Applied,
+}
+
 /// What a blue-green decision says about the MicroService, for its status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutSummary {
@@ -88,6 +99,8 @@ pub struct Observation<'a> {
     pub monitor: MonitorState,
     /// PrometheusRule state.
     pub alerts: AlertsState,
+    /// ScaledObject state.
+    pub scaler: ScalerState,
     /// The pod selector string.
     pub selector: String,
     /// Extra remarks for the message (for example a missing ConfigMap).
@@ -309,6 +322,24 @@ fn alerts_condition(state: AlertsState, previous: Option<&MicroServiceStatus>) -
     Some(cond(ct::PROMETHEUS_RULE_READY, status, reason, message))
 }
 
+/// `ScaledObjectReady`; a MicroService that never set a gRPC autoscaling target gets none.
+fn scaler_condition(state: ScalerState, previous: Option<&MicroServiceStatus>) -> Option<NewCondition> {
+    let had = previous.is_some_and(|p| p.condition(ct::SCALED_OBJECT_READY).is_some());
+    let (status, reason, message) = match state {
+        ScalerState::NotRequested if !had => return None,
+        ScalerState::NotRequested => {
+            (false, Reason::NotRequested, "autoscaling sets no gRPC target; no ScaledObject is needed")
+        }
+        ScalerState::CrdNotInstalled => (
+            false,
+            Reason::CrdNotInstalled,
+            "scaledobjects.keda.sh is not served by this cluster; install KEDA to autoscale on gRPC latency or request rate (until then nothing autoscales and spec.replicas stays as it is)",
+        ),
+        ScalerState::Applied => (true, Reason::Applied, "the KEDA ScaledObject is applied"),
+    };
+    Some(cond(ct::SCALED_OBJECT_READY, status, reason, message))
+}
+
 fn promoted_condition(rollout: &RolloutSummary) -> NewCondition {
     let message = format!("the active Service selects revision {}", rollout.active);
     if rollout.promoted {
@@ -391,6 +422,7 @@ pub fn reconciled(
         cond(ct::SYNCED, true, Reason::AllApplied, "every child is applied"),
     ];
     set.extend(alerts_condition(obs.alerts, previous));
+    set.extend(scaler_condition(obs.scaler, previous));
     for note in &obs.notes {
         message.push_str("; ");
         message.push_str(note);
@@ -512,6 +544,7 @@ mod tests {
             held: false,
             monitor: MonitorState::NotRequested,
             alerts: AlertsState::NotRequested,
+            scaler: ScalerState::NotRequested,
             selector: "ferry.dev/microservice=order".into(),
             notes: vec![],
             rollout: None,
