@@ -343,6 +343,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("patch", "poddisruptionbudgets.policy"),
     ("patch", "servicemonitors.monitoring.coreos.com"),
     ("patch", "prometheusrules.monitoring.coreos.com"),
+    ("patch", "scaledobjects.keda.sh"),
     ("watch", "configmaps"),
     ("list", "pods"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
