@@ -108,7 +108,7 @@ in_node() { # test-file [args]
   shift
   timeout "${REAL_PODS_TIMEOUT:-1800}" "$KIND" netns env KUBECONFIG="$KIND_NODE_KUBECONFIG" FERRY_REAL_PODS=1 \
     FERRY_POSTGRES_HOST="$FERRY_POSTGRES_HOST" FERRY_POSTGRES_PORT="$FERRY_POSTGRES_PORT" \
-    cargo test --release --locked -p ferry-e2e --test "$file" -- --ignored --test-threads=1 "$@"
+    cargo test --release --locked -p ferry-e2e --test "$file" -- --ignored --test-threads=1 --show-output "$@"
 }
 in_node real_node "$@"
 
@@ -116,5 +116,4 @@ echo "[e2e] phase 4: the real consumers on kind: metrics-server and the HPA, Pro
 tests/e2e/monitoring/metrics-server/install.sh "$KIND_KUBECONFIG"
 in_node autoscaling "$@"
 tests/e2e/monitoring/prometheus/install.sh "$KIND_KUBECONFIG"
-# The blue-green prometheus-gate tests have not passed here yet (issue 18).
-in_node monitoring --skip a_prometheus_promotion_check "$@"
+in_node monitoring "$@"

@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 /// Installs the operator chart (with its own ServiceMonitor, for the
 /// dashboard's rollout panel) and the shop, whose MicroServices carry
 /// `monitoring.labels: {release: kube-prometheus-stack}` (examples/shop).
-async fn monitored_shop(ctx: &TestContext) -> tools::HelmRelease {
+async fn monitored_shop(ctx: &TestContext, options: &ShopOptions) -> tools::HelmRelease {
     shop::require_real_pods();
     let watch = format!("watchNamespace={}", ctx.namespace);
     let release = tools::HelmRelease::install(
@@ -58,7 +58,7 @@ async fn monitored_shop(ctx: &TestContext) -> tools::HelmRelease {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    shop::apply_shop(ctx, &ShopOptions::default()).await;
+    shop::apply_shop(ctx, options).await;
     let inventory = shop::channels(&shop::service_endpoint(ctx, "inventory").await, 1).await;
     shop::set_stock(inventory[0].clone(), 1_000_000).await;
     release
@@ -130,7 +130,7 @@ fn label<'a>(series: &'a Value, name: &str) -> &'a str {
 #[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
 async fn every_shop_pod_is_an_up_target_found_only_through_the_service_monitors_ferry_generated() {
     in_namespace("mon-targets", |ctx| async move {
-        let _release = monitored_shop(&ctx).await;
+        let _release = monitored_shop(&ctx, &ShopOptions::default()).await;
         let _traffic = Traffic::start(&ctx, 5).await;
         let prometheus = Prometheus::connect(&ctx.client).await;
         let generated = generated_service_monitors(&ctx).await;
@@ -214,7 +214,7 @@ async fn every_shop_pod_is_an_up_target_found_only_through_the_service_monitors_
 #[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
 async fn prometheus_loads_the_generated_alert_rules_and_evaluates_them_without_errors() {
     in_namespace("mon-rules", |ctx| async move {
-        let _release = monitored_shop(&ctx).await;
+        let _release = monitored_shop(&ctx, &ShopOptions::default()).await;
         let prometheus = Prometheus::connect(&ctx.client).await;
         let ns = ctx.namespace.clone();
         let wanted: BTreeSet<String> = ["inventory", "order"].map(|s| format!("ferry.{ns}.{s}")).into();
@@ -266,7 +266,7 @@ async fn prometheus_loads_the_generated_alert_rules_and_evaluates_them_without_e
 #[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
 async fn every_query_of_the_shipped_dashboard_returns_at_least_one_series() {
     in_namespace("mon-dashboard", |ctx| async move {
-        let _release = monitored_shop(&ctx).await;
+        let _release = monitored_shop(&ctx, &ShopOptions::default()).await;
         let _traffic = Traffic::start(&ctx, 5).await;
         let prometheus = Prometheus::connect(&ctx.client).await;
         let path = tools::repo_root().join("charts/ferry-operator/dashboards/ferry-microservices.json");
@@ -321,39 +321,86 @@ async fn wait_for_alert(
     }
 }
 
+/// The shop with fault injection allowed on inventory, and inventory's alerts
+/// set to fire after 5 s (`for`), labelled `team: shop`, plus `extra` settings.
+async fn shop_with_fast_alerts(ctx: &TestContext, extra: Value) -> tools::HelmRelease {
+    let options = ShopOptions { inventory_fault_injection: true, ..ShopOptions::default() };
+    let release = monitored_shop(ctx, &options).await;
+    let mut alerts = json!({
+        "latencyFor": "5s", "errorRatioFor": "5s", "podsNotReadyFor": "5s", "maxReplicasFor": "5s",
+        "labels": {"team": "shop"}
+    });
+    for (key, value) in extra.as_object().into_iter().flatten() {
+        alerts[key] = value.clone();
+    }
+    shop::patch_inventory(
+        ctx,
+        &json!([{"op": "replace", "path": "/spec/monitoring/alerts", "value": alerts}]),
+    );
+    release
+}
+
 #[tokio::test]
 #[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
-async fn the_error_ratio_and_latency_alerts_fire_and_reach_alertmanagers_webhook() {
+async fn the_error_ratio_and_latency_alerts_fire_on_injected_faults_and_reach_alertmanagers_webhook() {
     in_namespace("mon-alerts", |ctx| async move {
-        let _release = monitored_shop(&ctx).await;
+        // Inventory's thresholds: p99 above 200 ms, more than 5% of calls
+        // failing with a server error (the default error codes).
+        let _release =
+            shop_with_fast_alerts(&ctx, json!({"latencyP99ThresholdMs": 200, "errorRatioThreshold": 0.05})).await;
         let webhook = WebhookReceiver::start().await;
-        // Thresholds real traffic crosses, with short `for` windows: one call
-        // in five unauthenticated (counted as an error through errorCodes), and
-        // a p99 above 1 ms.
-        let alerts = json!({
-            "latencyP99ThresholdMs": 1, "latencyFor": "5s",
-            "errorRatioThreshold": 0.05, "errorRatioFor": "5s", "errorCodes": ["Unauthenticated"],
-            "labels": {"team": "shop"}
-        });
-        shop::patch_inventory(&ctx, &json!([{"op": "replace", "path": "/spec/monitoring/alerts", "value": alerts}]));
+        let _traffic = Traffic::start(&ctx, 0).await;
+        // Every GetStock 300 ms slower, one in five answered UNAVAILABLE: the
+        // ConfigMap reaches the pods through the kubelet's sync (up to about a
+        // minute), then the service's reload; both count in the measured time.
         let started = Instant::now();
-        let _traffic = Traffic::start(&ctx, 5).await;
+        shop::set_inventory_faults(&ctx, &[shop::inventory_fault("GetStock", 300, 0.2)]);
         let errors = wait_for_alert(&ctx, &webhook, "GrpcErrorRatioHigh", started).await;
         let latency = wait_for_alert(&ctx, &webhook, "GrpcLatencyHigh", started).await;
         println!(
-            "from the first faulty call to the webhook: GrpcErrorRatioHigh {errors:.1} s, GrpcLatencyHigh {latency:.1} s"
+            "from the faults' ConfigMap edit to the webhook: GrpcErrorRatioHigh {errors:.1} s, GrpcLatencyHigh {latency:.1} s"
         );
     })
     .await;
+}
+
+#[tokio::test]
+#[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
+async fn the_autoscaler_at_max_and_pods_not_ready_alerts_fire_from_kube_state_metrics() {
+    in_namespace("mon-ksm-alerts", |ctx| async move {
+        let _release = shop_with_fast_alerts(&ctx, json!({})).await;
+        let webhook = WebhookReceiver::start().await;
+        // The autoscaler may not go above the two pods it has.
+        let started = Instant::now();
+        shop::patch_inventory(&ctx, &json!([{"op": "replace", "path": "/spec/autoscaling/maxReplicas", "value": 2}]));
+        let at_max = wait_for_alert(&ctx, &webhook, "AutoscalerAtMaxReplicas", started).await;
+        // A rollout whose pods cannot start: green never becomes Ready (and is
+        // never promoted), which kube-state-metrics reports per pod.
+        let started = Instant::now();
+        shop::patch_inventory(
+            &ctx,
+            &json!([{"op": "add", "path": "/spec/env/-", "value": {"name": "GRPC_ADDR", "value": "not-an-address"}}]),
+        );
+        let not_ready = wait_for_alert(&ctx, &webhook, "PodsNotReady", started).await;
+        println!("to the webhook: AutoscalerAtMaxReplicas {at_max:.1} s, PodsNotReady {not_ready:.1} s");
+    })
+    .await;
+}
+
+/// Share of inventory's calls answered `Unauthenticated` over the last minute.
+/// With no such call there is no numerator series: `or vector(0)` makes that a
+/// 0 (the check wants exactly one sample, as Argo Rollouts' and Flagger's do).
+fn error_ratio_query(ns: &str) -> String {
+    format!(
+        r#"(sum(rate(grpc_server_handled_total{{namespace="{ns}",service="inventory",grpc_code="Unauthenticated"}}[1m])) or vector(0)) / sum(rate(grpc_server_handled_total{{namespace="{ns}",service="inventory"}}[1m]))"#
+    )
 }
 
 /// Adds a `prometheus` pre-promotion check on inventory's error ratio (at most
 /// 1% `Unauthenticated`, measured by this Prometheus) and starts a rollout.
 fn roll_inventory_with_an_error_ratio_check(ctx: &TestContext) {
     let ns = &ctx.namespace;
-    let query = format!(
-        r#"sum(rate(grpc_server_handled_total{{namespace="{ns}",service="inventory",grpc_code="Unauthenticated"}}[1m])) / sum(rate(grpc_server_handled_total{{namespace="{ns}",service="inventory"}}[1m]))"#
-    );
+    let query = error_ratio_query(ns);
     let check = json!({
         "name": "error-ratio", "count": 2, "intervalSeconds": 5,
         "prometheus": {"address": monitoring::PROMETHEUS_IN_CLUSTER, "query": query, "thresholdRange": {"max": 0.01}}
@@ -376,9 +423,7 @@ async fn inventory_status(ctx: &TestContext) -> Value {
 /// Waits until the error ratio Prometheus sees for inventory is > or <= 1%.
 async fn wait_for_error_ratio(ctx: &TestContext, prometheus: &Prometheus, faulty: bool) {
     let ns = &ctx.namespace;
-    let promql = format!(
-        r#"sum(rate(grpc_server_handled_total{{namespace="{ns}",service="inventory",grpc_code="Unauthenticated"}}[1m])) / sum(rate(grpc_server_handled_total{{namespace="{ns}",service="inventory"}}[1m]))"#
-    );
+    let promql = error_ratio_query(ns);
     wait_until(
         &format!("Prometheus sees inventory's error ratio (faulty: {faulty})"),
         Duration::from_secs(120),
@@ -396,7 +441,7 @@ async fn wait_for_error_ratio(ctx: &TestContext, prometheus: &Prometheus, faulty
 #[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
 async fn a_prometheus_promotion_check_on_healthy_data_promotes_green() {
     in_namespace("mon-check-pass", |ctx| async move {
-        let _release = monitored_shop(&ctx).await;
+        let _release = monitored_shop(&ctx, &ShopOptions::default()).await;
         let _traffic = Traffic::start(&ctx, 0).await;
         let prometheus = Prometheus::connect(&ctx.client).await;
         wait_for_error_ratio(&ctx, &prometheus, false).await;
@@ -421,7 +466,7 @@ async fn a_prometheus_promotion_check_on_healthy_data_promotes_green() {
 #[ignore = "needs real pods and the monitoring stack; run in kind's netns"]
 async fn a_prometheus_promotion_check_on_faulty_data_aborts_and_traffic_stays_on_blue() {
     in_namespace("mon-check-fail", |ctx| async move {
-        let _release = monitored_shop(&ctx).await;
+        let _release = monitored_shop(&ctx, &ShopOptions::default()).await;
         let _traffic = Traffic::start(&ctx, 2).await;
         let prometheus = Prometheus::connect(&ctx.client).await;
         wait_for_error_ratio(&ctx, &prometheus, true).await;
