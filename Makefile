@@ -86,7 +86,7 @@ test-e2e: ## E2e tests: kwok phases 1-2, then the real-pod tests on kind (cluste
 	tests/e2e/run.sh
 
 .PHONY: test-e2e-kind
-test-e2e-kind: ## The whole e2e suite on kind: kind-up, then the kwok-tier tests and the real-pod tests there (kind is left up)
+test-e2e-kind: ## The whole e2e suite on kind (kind is left up). NOT passing yet: the kwok-tier blue_green tests time out on kind (issue 17); `make test` runs the kind tier
 	tests/e2e/kind/kind.sh up >/dev/null
 	E2E_EXTERNAL=1 KUBECONFIG=$(CURDIR)/target/kind/kubeconfig tests/e2e/run.sh
 
