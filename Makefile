@@ -86,7 +86,8 @@ test-e2e: ## E2e tests: kwok phases 1-2, then the real-pod tests on kind (cluste
 	tests/e2e/run.sh
 
 .PHONY: test-e2e-kind
-test-e2e-kind: ## The whole e2e suite on kind (kind is left up). NOT passing yet: the kwok-tier blue_green tests time out on kind (issue 17); `make test` runs the kind tier
+test-e2e-kind: ## The whole e2e suite on kind: the kwok-tier tests (their pods run inventory-service there), then the real-pod phases (kind is left up)
+	tests/e2e/images/build.sh >/dev/null
 	tests/e2e/kind/kind.sh up >/dev/null
 	E2E_EXTERNAL=1 KUBECONFIG=$(CURDIR)/target/kind/kubeconfig tests/e2e/run.sh
 

@@ -14,11 +14,13 @@ mod operator;
 pub mod shop;
 pub mod tools;
 mod wait;
+mod workload;
 
 pub use diagnostics::{dump_namespace, register_log_file};
 pub use microservice::{condition, condition_status, microservice_resource};
 pub use operator::OperatorProcess;
 pub use wait::{WaitError, wait_until};
+pub use workload::{Nodes, WORKLOAD_PORT};
 
 use std::{collections::BTreeMap, future::Future, panic::AssertUnwindSafe, time::Duration};
 
@@ -47,6 +49,8 @@ pub async fn client() -> Client {
 pub struct TestContext {
     pub client: Client,
     pub namespace: String,
+    /// Whether the cluster's nodes run containers (kind) or fake them (kwok).
+    pub nodes: Nodes,
 }
 
 impl TestContext {
@@ -70,7 +74,8 @@ where
 {
     let client = client().await;
     let namespace = create_namespace(&client, test).await;
-    let ctx = TestContext { client: client.clone(), namespace: namespace.clone() };
+    let nodes = Nodes::of(&client).await;
+    let ctx = TestContext { client: client.clone(), namespace: namespace.clone(), nodes };
     let outcome = AssertUnwindSafe(body(ctx)).catch_unwind().await;
     if outcome.is_err() {
         dump_namespace(&client, &namespace).await;

@@ -1,7 +1,9 @@
 //! Blue-green rollouts against the local cluster: one operator per test, one namespace per test.
 //!
-//! Pods are kwok fakes: they become Ready by themselves unless annotated
-//! `e2e.ferry.dev/never-ready: "true"`. A new revision is made by changing an environment variable.
+//! On kwok, pods are fakes: they become Ready by themselves unless annotated
+//! `e2e.ferry.dev/never-ready: "true"`. On kind (`make test-e2e-kind`) they run a gRPC server and
+//! become Ready when the generated probe passes (`ferry_e2e::Nodes`). A new revision is made by changing an
+//! environment variable.
 //! Webhook checks call a tiny HTTP server the test runs on 127.0.0.1 (the operator runs on this
 //! host); nothing dials a pod.
 
@@ -13,9 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_e2e::{
-    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition_status, in_namespace, wait_until,
-};
+use ferry_e2e::{DEFAULT_TIMEOUT, OperatorProcess, TestContext, condition_status, in_namespace, wait_until};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service, events::v1::Event};
 use kube::{
     Api, ResourceExt,
@@ -30,20 +30,25 @@ use tokio::{
 const REVISION_LABEL: &str = "ferry.dev/revision";
 
 /// A blue-green MicroService running `version` (an env var, so each version is a new revision).
-fn spec(version: &str, blue_green: Value) -> Value {
+fn spec(ctx: &TestContext, version: &str, blue_green: Value) -> Value {
     let mut bg = json!({"scaleDownDelaySeconds": 2, "abortScaleDownDelaySeconds": 2});
     if let (Some(bg), Some(extra)) = (bg.as_object_mut(), blue_green.as_object()) {
         for (k, v) in extra {
             bg.insert(k.clone(), v.clone());
         }
     }
-    json!({
-        "image": PAUSE_IMAGE,
-        "replicas": 2,
-        "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}],
-        "env": [{"name": "VERSION", "value": version}],
-        "strategy": {"type": "BlueGreen", "blueGreen": bg}
-    })
+    let mut spec = ctx.nodes.workload();
+    spec["replicas"] = json!(2);
+    spec["env"] = json!([{"name": "VERSION", "value": version}]);
+    spec["strategy"] = json!({"type": "BlueGreen", "blueGreen": bg});
+    spec
+}
+
+/// The patch that rolls out `version` as a revision whose pods never become Ready.
+fn never_ready_version(ctx: &TestContext, version: &str) -> Value {
+    let mut patch = ctx.nodes.never_ready();
+    patch["env"] = json!([{"name": "VERSION", "value": version}]);
+    patch
 }
 
 /// The env patch that rolls out `version`.
@@ -206,7 +211,7 @@ impl Webhook {
 async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_down_after_the_delay() {
     in_namespace("bg-happy", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({}))).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         let preview: Api<Service> = ctx.api();
         assert!(preview.get_opt("shop-preview").await.expect("get").is_some());
@@ -262,7 +267,7 @@ async fn a_new_version_is_switched_to_only_when_fully_available_and_blue_scales_
 async fn a_paused_rollout_waits_for_a_manual_promotion() {
     in_namespace("bg-paused", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({}))).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         ctx.patch_microservice("shop", json!({"paused": true, "env": [{"name": "VERSION", "value": "2"}]}))
             .await;
@@ -291,16 +296,9 @@ async fn a_green_that_never_becomes_ready_is_aborted_at_the_deadline_and_traffic
     in_namespace("bg-deadline", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
         let bg = json!({"progressDeadlineSeconds": 4, "progressDeadlineAbort": true});
-        ctx.create_microservice("shop", spec("1", bg)).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", bg)).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
-        ctx.patch_microservice(
-            "shop",
-            json!({
-                "env": [{"name": "VERSION", "value": "2"}],
-                "pod": {"annotations": {"e2e.ferry.dev/never-ready": "true"}}
-            }),
-        )
-        .await;
+        ctx.patch_microservice("shop", never_ready_version(&ctx, "2")).await;
         let api = ctx.microservices();
         let ms = wait_until("aborted at the deadline", DEFAULT_TIMEOUT, || async {
             assert_eq!(
@@ -333,7 +331,7 @@ async fn a_green_that_never_becomes_ready_is_aborted_at_the_deadline_and_traffic
 async fn an_aborted_rollout_can_be_retried() {
     in_namespace("bg-abort-retry", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({"autoPromotionEnabled": false})))
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({"autoPromotionEnabled": false})))
             .await
             .expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
@@ -369,7 +367,7 @@ async fn an_aborted_rollout_can_be_retried() {
 async fn re_applying_the_previous_spec_inside_the_scale_down_window_switches_back_at_once() {
     in_namespace("bg-fast-rollback", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({"scaleDownDelaySeconds": 40})))
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({"scaleDownDelaySeconds": 40})))
             .await
             .expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
@@ -412,7 +410,7 @@ async fn a_failing_webhook_check_blocks_promotion_and_a_passing_one_allows_it() 
         let checks = json!({"prePromotionChecks": [
             {"name": "smoke", "intervalSeconds": 1, "count": 2, "webhook": {"url": hook.url}}
         ]});
-        ctx.create_microservice("shop", spec("1", checks)).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", checks)).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         assert_eq!(hook.calls(), 0, "no checks on the first revision");
 
@@ -450,7 +448,7 @@ async fn a_failing_post_promotion_check_switches_traffic_back() {
         let checks = json!({"postPromotionChecks": [
             {"name": "canary", "intervalSeconds": 1, "webhook": {"url": hook.url}}
         ]});
-        ctx.create_microservice("shop", spec("1", checks)).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", checks)).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         ctx.patch_microservice("shop", version("2")).await;
         let ms = wait_status(&ctx, "shop", "rolled back", |s| {
@@ -480,7 +478,7 @@ async fn an_operator_killed_at_each_phase_finishes_the_rollout_after_restart_wit
             "prePromotionChecks": [{"name": "smoke", "intervalSeconds": 1, "count": 3, "webhook": {"url": hook.url}}]
         });
         let mut operator = OperatorProcess::start(&ctx.namespace, "op-0", &[]);
-        ctx.create_microservice("shop", spec("1", bg)).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", bg)).await.expect("create");
         let mut active = wait_healthy(&ctx, "shop").await;
         let mut restarts = 0;
         // Kill points: right after the spec change (green scaling), while checks run, right after the
@@ -546,16 +544,9 @@ async fn an_operator_killed_at_each_phase_finishes_the_rollout_after_restart_wit
 async fn deleting_a_microservice_mid_rollout_leaves_no_revision_behind() {
     in_namespace("bg-delete", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({}))).await.expect("create");
         wait_healthy(&ctx, "shop").await;
-        ctx.patch_microservice(
-            "shop",
-            json!({
-                "env": [{"name": "VERSION", "value": "2"}],
-                "pod": {"annotations": {"e2e.ferry.dev/never-ready": "true"}}
-            }),
-        )
-        .await;
+        ctx.patch_microservice("shop", never_ready_version(&ctx, "2")).await;
         let ms = wait_status(&ctx, "shop", "rolling out", |s| !preview_hash(s).is_empty()).await;
         let green = preview_hash(&ms.data["status"]);
         wait_until("green exists", DEFAULT_TIMEOUT, || async { deployment(&ctx, "shop", &green).await })
@@ -581,7 +572,7 @@ async fn deleting_a_microservice_mid_rollout_leaves_no_revision_behind() {
 async fn the_autoscalers_replica_count_survives_the_rollout_and_green_starts_at_it() {
     in_namespace("bg-hpa", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        let mut s = spec("1", json!({"autoPromotionEnabled": false}));
+        let mut s = spec(&ctx, "1", json!({"autoPromotionEnabled": false}));
         if let Some(o) = s.as_object_mut() {
             o.remove("replicas");
             o.insert("resources".into(), json!({"requests": {"cpu": "100m"}}));
@@ -635,7 +626,7 @@ async fn the_autoscalers_replica_count_survives_the_rollout_and_green_starts_at_
 async fn switching_between_rolling_update_and_blue_green_keeps_a_selector_and_cleans_up() {
     in_namespace("bg-migrate", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        let mut s = spec("1", json!({}));
+        let mut s = spec(&ctx, "1", json!({}));
         if let Some(o) = s.as_object_mut() {
             o.remove("strategy");
         }
@@ -757,12 +748,11 @@ async fn the_active_service_is_restored_to_the_promoted_revision(
     order: [Tamper; 2],
 ) {
     let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-    ctx.create_microservice("shop", spec("1", json!({"autoPromotionEnabled": false}))).await.expect("create");
+    ctx.create_microservice("shop", spec(&ctx, "1", json!({"autoPromotionEnabled": false})))
+        .await
+        .expect("create");
     let blue = wait_healthy(&ctx, "shop").await;
-    let mut v2 = version("2");
-    if !ready {
-        v2["pod"] = json!({"annotations": {"e2e.ferry.dev/never-ready": "true"}});
-    }
+    let v2 = if ready { version("2") } else { never_ready_version(&ctx, "2") };
     ctx.patch_microservice("shop", v2).await;
     let waiting = if ready { "Paused" } else { "Progressing" };
     let ms = wait_status(&ctx, "shop", waiting, |s| phase(s) == waiting && !preview_hash(s).is_empty()).await;
@@ -848,15 +838,16 @@ fn image_of(d: &Deployment) -> String {
         .unwrap_or_default()
 }
 
-/// Waits until revision `hash` runs `replicas` pods of [`PAUSE_IMAGE`] again.
+/// Waits until revision `hash` runs `replicas` pods of the test workload's image again.
 async fn wait_repaired(ctx: &TestContext, hash: &str, replicas: i32) {
+    let image = ctx.nodes.image();
     wait_until(
-        &format!("revision {hash} repaired to {replicas} replicas of {PAUSE_IMAGE}"),
+        &format!("revision {hash} repaired to {replicas} replicas of {image}"),
         DEFAULT_TIMEOUT,
         || async {
             let d = deployment(ctx, "shop", hash).await?;
             let want = d.spec.as_ref().and_then(|s| s.replicas);
-            (want == Some(replicas) && image_of(&d) == PAUSE_IMAGE).then_some(())
+            (want == Some(replicas) && image_of(&d) == image).then_some(())
         },
     )
     .await
@@ -868,7 +859,7 @@ async fn wait_repaired(ctx: &TestContext, hash: &str, replicas: i32) {
 async fn revision_deployments_scaled_or_re_imaged_by_hand_are_repaired_mid_rollout_and_after() {
     in_namespace("bg-drift", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({"autoPromotionEnabled": false})))
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({"autoPromotionEnabled": false})))
             .await
             .expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
@@ -903,7 +894,7 @@ async fn revision_deployments_scaled_or_re_imaged_by_hand_are_repaired_mid_rollo
 async fn a_new_revision_that_a_quota_keeps_from_starting_pods_is_degraded_with_the_quota_message() {
     in_namespace("bg-quota", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("shop", spec("1", json!({}))).await.expect("create");
+        ctx.create_microservice("shop", spec(&ctx, "1", json!({}))).await.expect("create");
         let blue = wait_healthy(&ctx, "shop").await;
         // Room for blue's two pods and nothing more.
         let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = ctx.api();

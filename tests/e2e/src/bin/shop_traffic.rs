@@ -36,7 +36,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let ctx = TestContext { client: ferry_e2e::client().await, namespace: args.namespace.clone() };
+    let client = ferry_e2e::client().await;
+    let nodes = ferry_e2e::Nodes::of(&client).await;
+    let ctx = TestContext { client, namespace: args.namespace.clone(), nodes };
     let inventory = shop::channels(&shop::service_endpoint(&ctx, "inventory").await, 1).await;
     if let Some(stock) = args.stock {
         shop::set_stock(inventory[0].clone(), stock).await;
