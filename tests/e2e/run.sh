@@ -8,7 +8,9 @@
 # namespace with its own operator process. Phase 2 removes the cluster-wide
 # ServiceMonitor and PrometheusRule CRDs, runs the test of that path alone, and
 # leaves the CRDs installed again. Phase 3 runs tests/e2e/tests/real_node.rs:
-# the operator chart and the shop as real pods.
+# the operator chart and the shop as real pods; then tests/e2e/tests/events.rs:
+# the asynchronous shop (examples/shop-async/) with NATS JetStream as a pod of
+# a locally built image (tests/e2e/images/nats.sh).
 #
 #   E2E_EXTERNAL=1  phases 1 and 2 against the cluster KUBECONFIG points at
 #                   (e.g. kind: KUBECONFIG=target/kind/kubeconfig) instead
@@ -56,7 +58,7 @@ binaries=()
 for f in tests/e2e/tests/*.rs; do
   name="$(basename "$f" .rs)"
   case $name in
-  monitoring_crd_absent | real_node | autoscaling | monitoring) ;; # their own phases
+  monitoring_crd_absent | real_node | events | autoscaling | monitoring) ;; # their own phases
   *) binaries+=(--test "$name") ;;
   esac
 done
@@ -89,7 +91,7 @@ if [[ ${started:-0} == 1 ]]; then
 fi
 echo "[e2e] phase 3: real pods on kind; building the images (no Docker build, nothing pulled)"
 tests/e2e/images/build.sh >/dev/null
-cargo test --release --locked -p ferry-e2e --test real_node --test autoscaling --test monitoring --no-run
+cargo test --release --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring --no-run
 tests/e2e/monitoring/images.sh >/dev/null
 kind_started=0
 [[ -f "$ROOT/target/kind/env" ]] || kind_started=1
@@ -111,6 +113,10 @@ in_node() { # test-file [args]
     cargo test --release --locked -p ferry-e2e --test "$file" -- --ignored --test-threads=1 --show-output "$@"
 }
 in_node real_node "$@"
+
+echo "[e2e] phase 3b: the event-driven shop on kind: NATS JetStream as a MicroService, the asynchronous saga"
+tests/e2e/images/nats.sh load
+in_node events "$@"
 
 echo "[e2e] phase 4: the real consumers on kind: metrics-server and the HPA, Prometheus and Alertmanager"
 tests/e2e/monitoring/metrics-server/install.sh "$KIND_KUBECONFIG"

@@ -135,7 +135,14 @@ pub struct ShopOptions {
     /// Start inventory with `FERRY_ALLOW_FAULT_INJECTION=true`, so that
     /// [`set_inventory_faults`] can make it slow or failing (off by default).
     pub inventory_fault_injection: bool,
+    /// The example deployed: `examples/shop` (the synchronous saga, the
+    /// default) or [`ASYNC_SHOP`] (the asynchronous saga and its broker).
+    pub example: &'static str,
 }
+
+/// The asynchronous shop: `examples/shop` plus NATS JetStream as a MicroService,
+/// order with `SAGA_MODE=async` (services/README.md, *Events*).
+pub const ASYNC_SHOP: &str = "examples/shop-async";
 
 impl Default for ShopOptions {
     fn default() -> Self {
@@ -149,6 +156,7 @@ impl Default for ShopOptions {
             // them instead of shedding, for a cutover measurement.
             max_concurrent_requests: 4096,
             inventory_fault_injection: false,
+            example: "examples/shop",
         }
     }
 }
@@ -175,7 +183,8 @@ pub fn shop_manifests(ctx: &TestContext, options: &ShopOptions) -> String {
     let db_prefix = ctx.namespace.replace('-', "_");
     let inventory_db = create_database(&format!("{db_prefix}_inventory"));
     let order_db = create_database(&format!("{db_prefix}_order"));
-    let mut list: Value = serde_json::from_str(&tools::shop_manifests_in(&ctx.namespace)).expect("JSON list");
+    let mut list: Value = serde_json::from_str(&tools::example_manifests_in(options.example, &ctx.namespace))
+        .expect("JSON list");
     for item in list["items"].as_array_mut().expect("items") {
         let name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
         match (item["kind"].as_str().unwrap_or_default(), name.as_str()) {
@@ -195,7 +204,7 @@ pub fn shop_manifests(ctx: &TestContext, options: &ShopOptions) -> String {
                 }
                 item["data"]["config.yaml"] = json!(config);
             }
-            ("MicroService", service) => {
+            ("MicroService", service @ ("inventory" | "order")) => {
                 let url = if service == "inventory" { &inventory_db } else { &order_db };
                 let env = item["spec"]["env"].as_array_mut().expect("env");
                 env.retain(|e| e["name"] != "DATA_DIR");
@@ -247,11 +256,19 @@ pub async fn install_operator(ctx: &TestContext) -> tools::HelmRelease {
     release
 }
 
-/// Applies the shop and waits until both MicroServices are Available.
+/// Applies the shop and waits until every MicroService of it is Available.
 pub async fn apply_shop(ctx: &TestContext, options: &ShopOptions) {
     let manifests = shop_manifests(ctx, options);
     tools::run_ok("kubectl", &["apply", "-n", &ctx.namespace, "-f", "-"], Some(&manifests), &[]);
-    for name in ["inventory", "order"] {
+    let list: Value = serde_json::from_str(&manifests).expect("JSON list");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|item| item["kind"] == "MicroService")
+        .filter_map(|item| item["metadata"]["name"].as_str())
+        .collect();
+    for name in names {
         tools::run_ok(
             "kubectl",
             &[
@@ -798,6 +815,40 @@ mod tests {
         let get = &value["faults"]["/ferry.inventory.v1.InventoryService/GetStock"];
         assert_eq!(get["error_ratio"].as_f64(), Some(1.0), "{changed}");
         assert_eq!(changed.matches("faults:").count(), 1, "{changed}");
+    }
+
+    #[test]
+    fn the_async_example_is_the_shop_plus_a_broker_both_services_depend_on() {
+        let sync = tools::example_manifests("examples/shop");
+        let docs = tools::example_manifests(ASYNC_SHOP);
+        let kinds = |docs: &[Value]| {
+            docs.iter()
+                .filter(|d| d["kind"] != "MicroService")
+                .map(|d| d["metadata"]["name"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&docs), kinds(&sync), "the same namespace, Secret and ConfigMaps");
+        let service =
+            |name: &str| docs.iter().find(|d| d["kind"] == "MicroService" && d["metadata"]["name"] == name);
+        let nats = service("nats").expect("a nats MicroService");
+        assert_eq!(nats["spec"]["health"]["port"], "monitor");
+        assert!(
+            nats["spec"]["args"].as_array().expect("args").iter().any(|a| a == "--store_dir=/tmp/jetstream")
+        );
+        for name in ["inventory", "order"] {
+            let deps = service(name).expect(name)["spec"]["dependsOn"].clone();
+            assert!(
+                deps.as_array()
+                    .expect("dependsOn")
+                    .iter()
+                    .any(|d| d["name"] == "nats" && d["env"] == "NATS_URL"),
+                "{name}: {deps}"
+            );
+        }
+        let env = service("order").expect("order")["spec"]["env"].clone();
+        assert!(
+            env.as_array().expect("env").iter().any(|e| e["name"] == "SAGA_MODE" && e["value"] == "async")
+        );
     }
 
     #[test]

@@ -159,7 +159,14 @@ impl Drop for ServiceAccountKubeconfig {
 /// The documents of every YAML file in `examples/shop/`, in file-name order
 /// (the order `kubectl apply -f examples/shop/` applies them in).
 pub fn shop_manifests() -> Vec<Value> {
-    let dir = repo_root().join("examples/shop");
+    example_manifests("examples/shop")
+}
+
+/// The documents of every YAML file in `example` (a directory relative to the
+/// repository, e.g. `examples/shop-async`), in file-name order; symlinked
+/// files are read through.
+pub fn example_manifests(example: &str) -> Vec<Value> {
+    let dir = repo_root().join(example);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -178,7 +185,13 @@ pub fn shop_manifests() -> Vec<Value> {
 /// and every other object's `metadata.namespace` rewritten. Returned as one
 /// JSON `List` for `kubectl apply -f -`.
 pub fn shop_manifests_in(namespace: &str) -> String {
-    let items: Vec<Value> = shop_manifests()
+    example_manifests_in("examples/shop", namespace)
+}
+
+/// [`example_manifests`] of `example` moved into `namespace`, as
+/// [`shop_manifests_in`] does.
+pub fn example_manifests_in(example: &str, namespace: &str) -> String {
+    let items: Vec<Value> = example_manifests(example)
         .into_iter()
         .filter(|doc| doc["kind"] != "Namespace")
         .map(|mut doc| {
