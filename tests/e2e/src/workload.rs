@@ -18,6 +18,10 @@ pub const WORKLOAD_PORT: u16 = 8080;
 
 /// The gRPC server run on real nodes: it answers `grpc.health.v1`.
 const SERVING_IMAGE: &str = "docker.io/ferry/inventory-service:dev";
+/// Another image that serves the same way (order-service takes the same flags).
+const OTHER_SERVING_IMAGE: &str = "docker.io/ferry/order-service:dev";
+/// A second tag of the pause image; kwok never pulls it.
+const OTHER_PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
 
 /// kwok's annotation on the nodes it fakes (tests/e2e/cluster/up.sh).
 const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -56,6 +60,14 @@ impl Nodes {
         match self {
             Nodes::Fake => PAUSE_IMAGE,
             Nodes::Real => SERVING_IMAGE,
+        }
+    }
+
+    /// An image to change to that runs as well: an image change becomes Available on both.
+    pub fn other_image(self) -> &'static str {
+        match self {
+            Nodes::Fake => OTHER_PAUSE_IMAGE,
+            Nodes::Real => OTHER_SERVING_IMAGE,
         }
     }
 

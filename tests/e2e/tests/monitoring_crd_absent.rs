@@ -5,7 +5,7 @@
 //! once they are installed.
 
 use ferry_e2e::{
-    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition, in_namespace, wait_until,
+    DEFAULT_TIMEOUT, OperatorProcess, TestContext, WORKLOAD_PORT, condition, in_namespace, wait_until,
 };
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Service},
@@ -34,12 +34,13 @@ async fn without_the_monitoring_crds_everything_else_reconciles_and_the_status_s
             "precondition: run this test through tests/e2e/run.sh, which removes {RULE_CRD}"
         );
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        let spec = json!({
-            "image": PAUSE_IMAGE,
-            "replicas": 1,
-            "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}, {"name": "metrics", "port": 9090, "protocol": "http"}],
-            "monitoring": {"enabled": true, "port": "metrics", "alerts": {}}
-        });
+        let mut spec = ctx.nodes.workload();
+        spec["replicas"] = json!(1);
+        spec["ports"] = json!([
+            {"name": "grpc", "port": WORKLOAD_PORT, "protocol": "grpc"},
+            {"name": "metrics", "port": 9090, "protocol": "http"}
+        ]);
+        spec["monitoring"] = json!({"enabled": true, "port": "metrics", "alerts": {}});
         ctx.create_microservice("orders", spec).await.expect("create msvc");
 
         let ms = ctx.wait_for_condition("orders", "Available", "True").await;
@@ -48,7 +49,10 @@ async fn without_the_monitoring_crds_everything_else_reconciles_and_the_status_s
         let why = format!("{} {}", smon["reason"], smon["message"]);
         assert!(why.contains("ServiceMonitor") || why.contains("CRD"), "the condition says why: {why}");
         let rule = condition(&ms, "PrometheusRuleReady").expect("a PrometheusRuleReady condition");
-        assert_eq!((rule["status"].as_str(), rule["reason"].as_str()), (Some("False"), Some("CRDNotInstalled")));
+        assert_eq!(
+            (rule["status"].as_str(), rule["reason"].as_str()),
+            (Some("False"), Some("CRDNotInstalled"))
+        );
         assert!(
             rule["message"].as_str().unwrap_or_default().contains(RULE_CRD),
             "the condition names the missing CRD: {rule}"
@@ -59,10 +63,13 @@ async fn without_the_monitoring_crds_everything_else_reconciles_and_the_status_s
         assert!(services.get_opt("orders").await.expect("get").is_some(), "the Service exists anyway");
 
         // Install the CRD: the operator notices and creates the ServiceMonitor.
-        let path = std::env::var("FERRY_SERVICEMONITOR_CRD").expect("FERRY_SERVICEMONITOR_CRD (set by run.sh)");
+        let path =
+            std::env::var("FERRY_SERVICEMONITOR_CRD").expect("FERRY_SERVICEMONITOR_CRD (set by run.sh)");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse CRD");
-        crds.patch(CRD, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        crds.patch(CRD, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
 
         let resource = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
@@ -77,10 +84,13 @@ async fn without_the_monitoring_crds_everything_else_reconciles_and_the_status_s
         ctx.wait_for_condition("orders", "ServiceMonitorReady", "True").await;
 
         // Then the PrometheusRule CRD: the operator notices and creates the rule.
-        let path = std::env::var("FERRY_PROMETHEUSRULE_CRD").expect("FERRY_PROMETHEUSRULE_CRD (set by run.sh)");
+        let path =
+            std::env::var("FERRY_PROMETHEUSRULE_CRD").expect("FERRY_PROMETHEUSRULE_CRD (set by run.sh)");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("parse CRD");
-        crds.patch(RULE_CRD, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        crds.patch(RULE_CRD, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
         let resource = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule"),
             "prometheusrules",

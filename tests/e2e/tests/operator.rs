@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, condition, condition_status, in_namespace,
-    wait_until,
+    DEFAULT_TIMEOUT, OperatorProcess, PAUSE_IMAGE, TestContext, WORKLOAD_PORT, condition, condition_status,
+    in_namespace, wait_until,
 };
 use k8s_openapi::{
     api::{
@@ -22,26 +22,25 @@ use serde_json::{Value, json};
 
 /// A service as a team would write it: gRPC plus a metrics port, autoscaled,
 /// monitored, with a disruption budget.
-fn shop_spec(image: &str) -> Value {
-    json!({
-        "image": image,
-        "ports": [
-            {"name": "grpc", "port": 8080, "protocol": "grpc"},
-            {"name": "metrics", "port": 9090, "protocol": "http"}
-        ],
-        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-        "autoscaling": {"minReplicas": 2, "maxReplicas": 6},
-        "monitoring": {"enabled": true, "port": "metrics"},
-        "disruptionBudget": {"minAvailable": 1}
-    })
+/// The pods run the cluster's test workload (`ferry_e2e::Nodes`): nothing on kwok, a gRPC server
+/// on kind.
+fn shop_spec(ctx: &TestContext) -> Value {
+    let mut spec = ctx.nodes.workload();
+    spec["ports"] = json!([
+        {"name": "grpc", "port": WORKLOAD_PORT, "protocol": "grpc"},
+        {"name": "metrics", "port": 9090, "protocol": "http"}
+    ]);
+    spec["resources"] = json!({"requests": {"cpu": "100m", "memory": "64Mi"}});
+    spec["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 6});
+    spec["monitoring"] = json!({"enabled": true, "port": "metrics"});
+    spec["disruptionBudget"] = json!({"minAvailable": 1});
+    spec
 }
 
-fn plain_spec() -> Value {
-    json!({
-        "image": PAUSE_IMAGE,
-        "replicas": 1,
-        "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}]
-    })
+fn plain_spec(ctx: &TestContext) -> Value {
+    let mut spec = ctx.nodes.workload();
+    spec["replicas"] = json!(1);
+    spec
 }
 
 fn service_monitor_resource() -> ApiResource {
@@ -75,7 +74,7 @@ async fn deployment(ctx: &TestContext, name: &str) -> Deployment {
 async fn a_microservice_gets_all_its_children_with_owner_references_and_becomes_available() {
     in_namespace("msvc-children", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE)).await.expect("create msvc");
+        ctx.create_microservice("orders", shop_spec(&ctx)).await.expect("create msvc");
 
         let ms = ctx.wait_for_condition("orders", "Available", "True").await;
         assert_eq!(ms.data["status"]["phase"], "Healthy", "status: {}", ms.data["status"]);
@@ -117,16 +116,17 @@ async fn a_microservice_gets_all_its_children_with_owner_references_and_becomes_
 async fn an_image_change_updates_the_pod_template() {
     in_namespace("msvc-image", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("web", plain_spec()).await.expect("create msvc");
+        ctx.create_microservice("web", plain_spec(&ctx)).await.expect("create msvc");
         ctx.wait_for_condition("web", "Available", "True").await;
 
-        ctx.patch_microservice("web", json!({"image": "registry.k8s.io/pause:3.9"})).await;
+        let other = ctx.nodes.other_image();
+        ctx.patch_microservice("web", json!({"image": other})).await;
 
         let deployments: Api<Deployment> = ctx.api();
         wait_until("the pod template to carry the new image", DEFAULT_TIMEOUT, || async {
             let d = deployments.get("web").await.ok()?;
             let image = d.spec?.template.spec?.containers.first()?.image.clone()?;
-            (image == "registry.k8s.io/pause:3.9").then_some(())
+            (image == other).then_some(())
         })
         .await
         .expect("image rolled");
@@ -140,7 +140,7 @@ async fn an_image_change_updates_the_pod_template() {
 async fn deleting_a_microservice_garbage_collects_every_child() {
     in_namespace("msvc-gc", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE)).await.expect("create msvc");
+        ctx.create_microservice("orders", shop_spec(&ctx)).await.expect("create msvc");
         ctx.wait_for_condition("orders", "Available", "True").await;
 
         ctx.microservices().delete("orders", &DeleteParams::background()).await.expect("delete msvc");
@@ -169,7 +169,7 @@ async fn deleting_a_microservice_garbage_collects_every_child() {
 #[ignore = "needs a cluster: make test-e2e"]
 async fn each_invalid_spec_is_rejected_at_admission_with_its_rules_message() {
     in_namespace("msvc-cel", |ctx: TestContext| async move {
-        let base = shop_spec(PAUSE_IMAGE);
+        let base = shop_spec(&ctx);
         let with = |patch: Value| {
             let mut spec = base.clone();
             json_merge(&mut spec, patch);
@@ -265,7 +265,7 @@ fn json_merge(target: &mut Value, patch: Value) {
 async fn an_autoscaler_replica_decision_survives_three_reconciles() {
     in_namespace("msvc-hpa", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE)).await.expect("create msvc");
+        ctx.create_microservice("orders", shop_spec(&ctx)).await.expect("create msvc");
         ctx.wait_for_condition("orders", "Available", "True").await;
 
         // Write the decision the way the HorizontalPodAutoscaler does: through
@@ -305,7 +305,7 @@ async fn an_autoscaler_replica_decision_survives_three_reconciles() {
 async fn a_dependency_gate_holds_until_the_dependency_is_available() {
     in_namespace("msvc-deps", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        let mut api_spec = plain_spec();
+        let mut api_spec = plain_spec(&ctx);
         api_spec["dependsOn"] = json!([{"name": "inventory"}]);
         ctx.create_microservice("api", api_spec).await.expect("create api");
 
@@ -316,7 +316,7 @@ async fn a_dependency_gate_holds_until_the_dependency_is_available() {
             "no pods roll while a dependency is missing"
         );
 
-        ctx.create_microservice("inventory", plain_spec()).await.expect("create inventory");
+        ctx.create_microservice("inventory", plain_spec(&ctx)).await.expect("create inventory");
         ctx.wait_for_condition("inventory", "Available", "True").await;
         ctx.wait_for_condition("api", "DependenciesReady", "True").await;
         ctx.wait_for_condition("api", "Available", "True").await;
@@ -340,7 +340,7 @@ async fn a_dependency_cycle_is_named_on_each_member_and_rolls_nothing() {
     in_namespace("msvc-cycle", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
         for (name, depends_on) in [("ping", "pong"), ("pong", "ping")] {
-            let mut spec = plain_spec();
+            let mut spec = plain_spec(&ctx);
             spec["dependsOn"] = json!([{ "name": depends_on }]);
             ctx.create_microservice(name, spec).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
         }
@@ -379,9 +379,9 @@ async fn a_config_map_change_rolls_the_pods_only_when_asked() {
                     .expect("cm");
             maps.create(&PostParams::default(), &cm).await.expect("create cm");
         }
-        let mut rolling = plain_spec();
+        let mut rolling = plain_spec(&ctx);
         rolling["config"] = json!({"name": "rolling", "rollOnChange": true});
-        let mut reloading = plain_spec();
+        let mut reloading = plain_spec(&ctx);
         reloading["config"] = json!({"name": "reloading", "rollOnChange": false});
         ctx.create_microservice("rolling", rolling).await.expect("create");
         ctx.create_microservice("reloading", reloading).await.expect("create");
@@ -448,7 +448,7 @@ async fn two_operators_elect_one_leader_and_the_standby_takes_over_after_a_crash
             lease.spec?.holder_identity
         };
         let first = wait_until("a leader", DEFAULT_TIMEOUT, holder).await.expect("one leader");
-        ctx.create_microservice("one", plain_spec()).await.expect("create");
+        ctx.create_microservice("one", plain_spec(&ctx)).await.expect("create");
         ctx.wait_for_condition("one", "Available", "True").await;
 
         let (leader, standby, standby_id) =
@@ -474,7 +474,7 @@ async fn two_operators_elect_one_leader_and_the_standby_takes_over_after_a_crash
         );
 
         // The new leader writes: a new MicroService is reconciled.
-        ctx.create_microservice("two", plain_spec()).await.expect("create");
+        ctx.create_microservice("two", plain_spec(&ctx)).await.expect("create");
         ctx.wait_for_condition("two", "Available", "True").await;
     })
     .await;
@@ -510,7 +510,7 @@ async fn edit_deployment_by_hand(ctx: &TestContext, name: &str) {
         .unwrap_or_else(|e| panic!("edit deployment/{name}: {e}"));
 }
 
-/// Waits until deployment/`name` is back to what the operator builds: 1 pod of [`PAUSE_IMAGE`]
+/// Waits until deployment/`name` is back to what the operator builds: 1 pod of the workload image
 /// with the restricted security context, and the status says so.
 async fn wait_repaired(ctx: &TestContext, name: &str) {
     let deployments: Api<Deployment> = ctx.api();
@@ -518,7 +518,7 @@ async fn wait_repaired(ctx: &TestContext, name: &str) {
         let d = deployments.get(name).await.ok()?;
         let c = container_of(&d);
         let repaired = d.spec.as_ref()?.replicas == Some(1)
-            && c.image.as_deref() == Some(PAUSE_IMAGE)
+            && c.image.as_deref() == Some(ctx.nodes.image())
             && c.security_context.is_some();
         repaired.then_some(())
     })
@@ -541,7 +541,7 @@ async fn hand_edits_of_the_deployment_are_repaired_whether_made_while_the_operat
 {
     in_namespace("msvc-drift", |ctx: TestContext| async move {
         let mut operator = OperatorProcess::start(&ctx.namespace, "op-0", &[]);
-        ctx.create_microservice("web", plain_spec()).await.expect("create msvc");
+        ctx.create_microservice("web", plain_spec(&ctx)).await.expect("create msvc");
         ctx.wait_for_condition("web", "Available", "True").await;
 
         // While the operator is down: a restarted operator has no memory of its own writes.
@@ -589,14 +589,14 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
 async fn a_restarted_operator_finds_every_converged_child_in_line_and_writes_nothing() {
     in_namespace("msvc-no-writes", |ctx: TestContext| async move {
         let mut operator = OperatorProcess::start(&ctx.namespace, "op-0", &[]);
-        let mut alerting = shop_spec(PAUSE_IMAGE);
+        let mut alerting = shop_spec(&ctx);
         alerting["monitoring"]["alerts"] = json!({"labels": {"team": "shop"}});
         alerting["secrets"] = json!([{"name": "jwt", "mountPath": "/etc/jwt", "optional": true}]);
-        let mut blue_green = plain_spec();
+        let mut blue_green = plain_spec(&ctx);
         blue_green["replicas"] = json!(2);
         blue_green["strategy"] = json!({"type": "BlueGreen", "blueGreen": {"scaleDownDelaySeconds": 1}});
         blue_green["env"] = json!([{"name": "A", "value": "1"}]);
-        let specs = [("orders", shop_spec(PAUSE_IMAGE)), ("alerting", alerting), ("bg", blue_green)];
+        let specs = [("orders", shop_spec(&ctx)), ("alerting", alerting), ("bg", blue_green)];
         for (name, spec) in &specs {
             ctx.create_microservice(name, spec.clone()).await.expect("create");
         }
@@ -706,7 +706,7 @@ async fn a_child_the_api_server_refuses_is_named_in_a_condition_with_its_message
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        ctx.create_microservice("orders", shop_spec(PAUSE_IMAGE)).await.expect("create msvc");
+        ctx.create_microservice("orders", shop_spec(&ctx)).await.expect("create msvc");
         let message = wait_not_synced(&ctx, "orders").await;
         assert!(
             message.starts_with("HorizontalPodAutoscaler orders: ") && message.contains("exceeded quota"),
@@ -730,7 +730,7 @@ async fn a_child_the_api_server_refuses_is_named_in_a_condition_with_its_message
 
         // A Deployment the API server finds invalid (a pass-through toleration it refuses): the same
         // condition, the spec parked as invalid, and still one Warning.
-        let mut bad = plain_spec();
+        let mut bad = plain_spec(&ctx);
         bad["pod"] = json!({"tolerations": [{"key": "gpu", "operator": "Sometimes"}]});
         ctx.create_microservice("web", bad).await.expect("create msvc");
         let message = wait_not_synced(&ctx, "web").await;
@@ -859,7 +859,7 @@ async fn a_gracefully_stopped_leader_hands_over_to_the_standby_within_two_second
         let first = wait_until("a leader", DEFAULT_TIMEOUT, holder)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        ctx.create_microservice("one", plain_spec()).await.expect("create");
+        ctx.create_microservice("one", plain_spec(&ctx)).await.expect("create");
         ctx.wait_for_condition("one", "Available", "True").await;
         // Both are up: the standby has made its first attempt (it logged that it waits).
         let (leader, standby, standby_id) = if first == "op-a" {
@@ -884,7 +884,7 @@ async fn a_gracefully_stopped_leader_hands_over_to_the_standby_within_two_second
         .unwrap_or_else(|e| panic!("{e}"));
         let took = stopping.elapsed();
         assert_eq!(second, standby_id);
-        ctx.create_microservice("two", plain_spec()).await.expect("create");
+        ctx.create_microservice("two", plain_spec(&ctx)).await.expect("create");
         ctx.wait_for_condition("two", "Available", "True").await;
         let serving = stopping.elapsed();
         eprintln!(

@@ -11,14 +11,11 @@ use serde_json::json;
 async fn secrets_are_mounted_read_only_and_the_pods_are_admitted_under_restricted() {
     in_namespace("msvc-secrets", |ctx: TestContext| async move {
         let _operator = OperatorProcess::start(&ctx.namespace, "operator", &[]);
-        let spec = json!({
-            "image": PAUSE_IMAGE,
-            "replicas": 2,
-            "ports": [{"name": "grpc", "port": 8080, "protocol": "grpc"}],
-            "secrets": [{"name": "jwt", "mountPath": "/etc/ferry/jwt", "optional": true,
-                         "items": [{"key": "jwt.key", "path": "jwt.key"}]}],
-            "pod": {"runAsUser": 65532, "fsGroup": 65532}
-        });
+        let mut spec = ctx.nodes.workload();
+        spec["replicas"] = json!(2);
+        spec["secrets"] = json!([{"name": "jwt", "mountPath": "/etc/ferry/jwt", "optional": true,
+                                  "items": [{"key": "jwt.key", "path": "jwt.key"}]}]);
+        spec["pod"] = json!({"runAsUser": 65532, "fsGroup": 65532});
         ctx.create_microservice("orders", spec).await.expect("create msvc");
         ctx.wait_for_condition("orders", "Available", "True").await;
 
