@@ -234,7 +234,10 @@ fn dependencies_condition(deps: &DependencyState) -> NewCondition {
 fn available_condition(d: Option<&DeploymentView>, held: bool, desired: i32) -> NewCondition {
     match d {
         Some(v) => {
-            let (status, reason) = if v.is_true("Available") {
+            // The Deployment's own Available is "minimum availability", which a single replica
+            // with maxSurge 0 meets with no pod at all; Ferry's also needs a pod serving.
+            let serving = desired == 0 || v.available_replicas > 0;
+            let (status, reason) = if v.is_true("Available") && serving {
                 (true, Reason::MinimumReplicasAvailable)
             } else {
                 (false, Reason::MinimumReplicasUnavailable)
@@ -558,6 +561,23 @@ mod tests {
     fn status_of<'a>(s: &'a MicroServiceStatus, type_: &str) -> (&'a str, &'a str) {
         let c = s.condition(type_).expect("condition present");
         (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn a_deployment_at_minimum_availability_with_no_pod_available_is_not_available() {
+        // One replica with maxSurge 0 allows one unavailable pod, so the Deployment reports
+        // Available=True with nothing running; a dependsOn gate must not open on that.
+        let deps = DependencyState::default();
+        let mut d = deployment(2, 2, 1, 1, 0);
+        d.conditions = vec![DeploymentCondition::new("Available", "True", "MinimumReplicasAvailable", "")];
+        let mut o = obs(&deps, Some(&d));
+        o.desired_replicas = 1;
+        let s = derive(None, &o, t(10));
+        assert_eq!(status_of(&s, "Available"), ("False", "MinimumReplicasUnavailable"));
+
+        d.available_replicas = 1;
+        let s = derive(None, &obs(&deps, Some(&d)), t(10));
+        assert_eq!(status_of(&s, "Available"), ("True", "MinimumReplicasAvailable"));
     }
 
     #[test]
