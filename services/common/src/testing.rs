@@ -1,12 +1,13 @@
-//! What the services' tests share: HS256 bearer tokens and SQLite databases in temporary
-//! directories. Compiled only with the `testing` feature, which the services enable for their
+//! What the services' tests share: HS256 bearer tokens, SQLite databases in temporary
+//! directories and waiting on a condition. Compiled only with the `testing` feature, which the services enable for their
 //! tests alone (`[dev-dependencies]`), so no production build contains it.
 
 #![allow(clippy::expect_used)]
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -52,6 +53,21 @@ impl TempSqlite {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics naming `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    tokio::time::timeout(limit, async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"));
 }
 
 #[cfg(test)]

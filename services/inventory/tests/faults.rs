@@ -15,10 +15,14 @@ use std::{
 use ferry_proto::inventory::v1::{
     GetStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient,
 };
+use ferry_service_common::testing::eventually;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// How long a test waits for a condition.
+const WAIT: Duration = Duration::from_secs(10);
 
 const GET: &str = "/ferry.inventory.v1.InventoryService/GetStock";
 const SERVICE: &str = "grpc_service=\"ferry.inventory.v1.InventoryService\"";
@@ -134,21 +138,6 @@ async fn serving(ch: &Channel) -> bool {
         .unwrap_or(false)
 }
 
-/// Polls `cond` every 50 ms until it holds; panics after 15 s.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while !cond().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out after 15 s waiting for {what}"));
-}
-
 async fn get_stock(client: &mut InventoryServiceClient<Channel>) -> Code {
     match client.get_stock(GetStockRequest { sku: "a".into() }).await {
         Ok(_) => Code::Ok,
@@ -210,7 +199,7 @@ async fn faults_added_on_reload_without_the_switch_are_rejected_and_the_previous
     let server = Server::start("log_level: info\n", &[]);
     let mut client = server.client().await;
     server.reconfigure(&format!("log_level: info\nfaults:\n  {GET}: {{error_ratio: 1.0}}\n"));
-    eventually("the reload to be rejected", || async {
+    eventually("the reload to be rejected", WAIT, || async {
         server.metrics().await.contains("ferry_config_reload_failures_total 1")
     })
     .await;
@@ -300,7 +289,7 @@ async fn a_reload_turns_faults_on_and_off_without_a_restart() {
     let mut client = server.client().await;
     assert_eq!(set_stock(&mut client).await, Code::Ok);
     server.reconfigure(&format!("faults:\n  {GET}: {{error_ratio: 1.0}}\n"));
-    eventually("GetStock to fail", || {
+    eventually("GetStock to fail", WAIT, || {
         let mut c = client.clone();
         async move { get_stock(&mut c).await == Code::Unavailable }
     })
@@ -308,13 +297,13 @@ async fn a_reload_turns_faults_on_and_off_without_a_restart() {
     assert!(server.metrics().await.contains("ferry_fault_injection_methods 1"));
     // An invalid fault is rejected and the faults in force stay.
     server.reconfigure(&format!("faults:\n  {GET}: {{error_ratio: 1.5}}\n"));
-    eventually("the invalid ratio to be rejected", || async {
+    eventually("the invalid ratio to be rejected", WAIT, || async {
         server.metrics().await.contains("ferry_config_reload_failures_total 1")
     })
     .await;
     assert_eq!(get_stock(&mut client).await, Code::Unavailable);
     server.reconfigure("{}\n");
-    eventually("GetStock to answer again", || {
+    eventually("GetStock to answer again", WAIT, || {
         let mut c = client.clone();
         async move { get_stock(&mut c).await == Code::Ok }
     })

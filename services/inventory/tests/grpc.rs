@@ -14,6 +14,7 @@ use std::{
 use ferry_proto::inventory::v1::{
     DeductStockRequest, GetStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient,
 };
+use ferry_service_common::testing::eventually;
 use ferry_service_common::{
     auth::Authenticator,
     shutdown::Stopped,
@@ -29,6 +30,9 @@ use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// How long a test waits for a condition.
+const WAIT: Duration = Duration::from_secs(10);
 
 const SECRET: &[u8] = b"test-secret";
 const LIMIT: Duration = Duration::from_secs(30);
@@ -74,21 +78,6 @@ async fn health_status(channel: Channel) -> Result<ServingStatus, tonic::Status>
     Ok(resp.into_inner().status())
 }
 
-/// Polls `cond` every 10 ms until it holds, failing after 10 s.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !cond().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
-
 fn token(scope: &str, exp_offset: i64, secret: &[u8]) -> String {
     hs256_token(secret, "tester", scope, exp_offset)
 }
@@ -105,7 +94,7 @@ fn with_auth<T>(msg: T, header: Option<String>) -> Request<T> {
 async fn health_becomes_serving_and_reflection_lists_the_service() {
     tokio::time::timeout(LIMIT, async {
         let f = fixture().await;
-        eventually("SERVING", || async {
+        eventually("SERVING", WAIT, || async {
             health_status(f.channel.clone()).await.ok() == Some(ServingStatus::Serving)
         })
         .await;
@@ -385,7 +374,7 @@ async fn every_auth_case_gets_its_status_code() {
             "valid"
         );
         // Health stays open.
-        eventually("SERVING without a token", || async {
+        eventually("SERVING without a token", WAIT, || async {
             health_status(f.channel.clone()).await.ok() == Some(ServingStatus::Serving)
         })
         .await;
@@ -416,7 +405,7 @@ async fn calls_over_the_concurrency_limit_are_shed_with_resource_exhausted() {
                 tokio::spawn(async move { c.deduct_stock(deduct(&format!("h{i}"), "a", 1)).await })
             })
             .collect();
-        eventually("two calls in flight", || async { gated.held.load(Ordering::SeqCst) == 2 }).await;
+        eventually("two calls in flight", WAIT, || async { gated.held.load(Ordering::SeqCst) == 2 }).await;
         let err = client(&f).deduct_stock(deduct("x", "a", 1)).await.unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted);
         // Health is never shed.
@@ -460,7 +449,7 @@ async fn sigterm_drain_finishes_calls_in_flight_and_reports_not_serving_first() 
         };
         let (f, gated) = gated_fixture(opts).await;
         set_stock(&f, "a", 10).await;
-        eventually("SERVING", || async {
+        eventually("SERVING", WAIT, || async {
             health_status(f.channel.clone()).await.ok() == Some(ServingStatus::Serving)
         })
         .await;
@@ -470,10 +459,10 @@ async fn sigterm_drain_finishes_calls_in_flight_and_reports_not_serving_first() 
                 tokio::spawn(async move { c.deduct_stock(deduct(&format!("f{i}"), "a", 1)).await })
             })
             .collect();
-        eventually("three calls in flight", || async { gated.held.load(Ordering::SeqCst) == 3 }).await;
+        eventually("three calls in flight", WAIT, || async { gated.held.load(Ordering::SeqCst) == 3 }).await;
 
         f.running.shutdown.cancel();
-        eventually("NOT_SERVING", || async {
+        eventually("NOT_SERVING", WAIT, || async {
             health_status(f.channel.clone()).await.ok() == Some(ServingStatus::NotServing)
         })
         .await;
@@ -512,7 +501,7 @@ async fn metrics_port_serves_grpc_and_domain_metrics_and_probes() {
         assert!(body.contains("inventory_rejected_insufficient_stock_total 1"), "{body}");
         assert!(http_get(f.running.http_addr, "/healthz").await.contains("200 OK"));
         let addr = f.running.http_addr;
-        eventually("/readyz 200", || async move { http_get(addr, "/readyz").await.contains("200 OK") }).await;
+        eventually("/readyz 200", WAIT, || async move { http_get(addr, "/readyz").await.contains("200 OK") }).await;
     })
     .await
     .expect("test timed out");

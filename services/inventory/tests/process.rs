@@ -14,6 +14,7 @@ use std::{
 use ferry_proto::inventory::v1::{
     DeductStockRequest, SetStockRequest, inventory_service_client::InventoryServiceClient,
 };
+use ferry_service_common::testing::eventually;
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -104,21 +105,6 @@ fn replace_file(path: &Path, contents: &str) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Polls `cond` every 50 ms until it holds; panics after `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    tokio::time::timeout(limit, async {
-        while !cond().await {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"));
 }
 
 /// A minimal HTTP/1.0 GET; empty if the server does not answer.

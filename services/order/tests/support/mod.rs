@@ -19,7 +19,7 @@ use ferry_proto::{
         order_service_client::OrderServiceClient,
     },
 };
-use ferry_service_common::testing::TempSqlite;
+pub use ferry_service_common::testing::{TempSqlite, eventually};
 use inventory_service::{
     api::{InventoryApi, InventoryMetrics},
     store::InventoryStore,
@@ -173,21 +173,6 @@ impl Database {
             }
         }
     }
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after `limit`.
-pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    tokio::time::timeout(limit, async {
-        while !cond().await {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"));
 }
 
 /// A CreateOrder request.
