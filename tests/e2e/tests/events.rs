@@ -235,7 +235,7 @@ async fn ready_broker(ctx: &TestContext) -> Option<(String, String, i32)> {
 
 #[tokio::test]
 #[ignore = "needs real pods (make kind-up); run by tests/e2e/run.sh"]
-async fn killing_the_broker_pod_under_a_bounded_load_loses_no_order_and_the_outbox_drains_after_it_returns() {
+async fn a_broker_crash_under_a_bounded_load_loses_no_order_and_the_outbox_drains_after_it_restarts() {
     in_namespace("events-broker-kill", |ctx| async move {
         const STOCK: i64 = 1_000_000;
         let _release = async_shop(&ctx, STOCK).await;
