@@ -131,6 +131,10 @@ tools: ## Build (or find cached) etcd, kube-*, kubectl, kwok and helm from the G
 monitoring-tools: ## Build (or find cached) Prometheus, promtool, Alertmanager, kube-state-metrics, metrics-server and prometheus-operator from the Go module proxy, and their OCI archives in target/images/monitoring
 	tests/e2e/monitoring/images.sh
 
+.PHONY: keda-tools
+keda-tools: ## Build (or find cached) KEDA (issue 19) and its OCI archives; install on kind: tests/e2e/monitoring/keda/install.sh target/kind/kubeconfig
+	tests/e2e/monitoring/images.sh keda
+
 .PHONY: cluster-up
 cluster-up: ## Start the local kwok cluster; writes target/cluster/kubeconfig (MONITORING_CRDS=0 skips the Prometheus CRDs)
 	$(CLUSTER)/up.sh

@@ -7,6 +7,7 @@
 #        build.sh path BINARY      (prints the cached binary's path; builds nothing)
 # Components: promtool prometheus alertmanager kube-state-metrics metrics-server
 #             prometheus-operator (operator and prometheus-config-reloader)
+#             keda (keda and keda-adapter; not in the default set: slow, issue 19)
 # Progress goes to stderr; the binaries end up in "$FERRY_BIN/<component>-<version>/".
 set -euo pipefail
 
@@ -34,6 +35,7 @@ bin_path() { # binary
     metrics-server) echo "$FERRY_BIN/metrics-server-$METRICS_SERVER_VERSION/metrics-server" ;;
     operator | prometheus-config-reloader)
       echo "$FERRY_BIN/prometheus-operator-$PROMETHEUS_OPERATOR_VERSION/$1" ;;
+    keda | keda-adapter) echo "$FERRY_BIN/keda-$KEDA_VERSION/$1" ;;
     *) die "unknown binary $1" ;;
   esac
 }
@@ -169,7 +171,33 @@ build_prometheus-operator() {
   rm -rf "$dir" && mv "$dir.tmp" "$dir"
 }
 
+# KEDA (issue 19): the operator (`keda`) and its external metrics API server
+# (`keda-adapter`). Its go.mod has a `replace` directive, so `go install`
+# refuses it; the module is copied as it is and built in place, with the
+# version ldflags of upstream's Makefile. The admission webhooks binary is not
+# built (install.sh leaves them out). -trimpath keeps the build cache keys free
+# of the copy's path. A cold build took ~30 min on two shared cores (README.md).
+build_keda() {
+  local bin dir work
+  bin="$(bin_path keda)"
+  [[ -x "$bin" && -x "$(bin_path keda-adapter)" ]] && return
+  dir="$(dirname "$bin")"
+  log "building keda and keda-adapter from github.com/kedacore/keda/v2@$KEDA_VERSION (slow when cold)"
+  work="$FERRY_CACHE/build/keda-$KEDA_VERSION"
+  rm -rf "$work" && mkdir -p "$(dirname "$work")"
+  cp -r "$(module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION")" "$work"
+  chmod -R u+w "$work"
+  local ldflags="-s -w -X=github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}"
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  (cd "$work" &&
+    go build -trimpath -ldflags "$ldflags" -o "$dir.tmp/keda" ./cmd/operator &&
+    go build -trimpath -ldflags "$ldflags" -o "$dir.tmp/keda-adapter" ./cmd/adapter)
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
+
 ALL=(promtool prometheus alertmanager kube-state-metrics metrics-server prometheus-operator)
+# Built only when named: `build.sh keda`.
+EXTRA=(keda)
 
 if [[ ${1:-} == path ]]; then
   [[ $# -eq 2 ]] || die "usage: build.sh path BINARY"
@@ -179,7 +207,7 @@ fi
 components=("$@")
 [[ ${#components[@]} -gt 0 ]] || components=("${ALL[@]}")
 for c in "${components[@]}"; do
-  [[ " ${ALL[*]} " == *" $c "* ]] || die "unknown component $c (one of: ${ALL[*]})"
+  [[ " ${ALL[*]} ${EXTRA[*]} " == *" $c "* ]] || die "unknown component $c (one of: ${ALL[*]} ${EXTRA[*]})"
 done
 for c in "${components[@]}"; do
   started=$(date +%s)

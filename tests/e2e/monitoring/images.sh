@@ -20,7 +20,12 @@
 # it), needs no writable root filesystem, and fits the restricted Pod Security
 # Standard with the pod's securityContext.
 #
-# Usage: images.sh   Progress goes to stderr; the names and files to stdout.
+# - KEDA (issue 19), only with `images.sh keda` (its cold build is slow, and
+#   the stack's images are then left as they are): ghcr.io/kedacore/keda and
+#   ghcr.io/kedacore/keda-metrics-apiserver, tagged as upstream's releases
+#   (2.21.0, no `v`); keda/install.sh swaps them into upstream's manifests.
+#
+# Usage: images.sh [keda]   Progress goes to stderr; the names and files to stdout.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,7 +41,12 @@ log() { printf '[monitoring] %s\n' "$*" >&2; }
 OUT="$ROOT/target/images/monitoring"
 cd "$ROOT"
 
-"$HERE/build.sh"
+case "${1:-}" in
+"") components=() ;;
+keda) components=(keda) ;;
+*) printf '[monitoring] usage: %s [keda]\n' "$0" >&2; exit 2 ;;
+esac
+"$HERE/build.sh" "${components[@]}"
 bin() { "$HERE/build.sh" path "$1"; }
 
 log "building oci_image"
@@ -68,27 +78,47 @@ image() { # file name oci_image-args...
   images+=("$file")
 }
 
-image prometheus.tar "quay.io/prometheus/prometheus:$prometheus_release" \
-  --entrypoint /bin/prometheus --expose 9090 \
-  --add "$(bin prometheus):/bin/prometheus" --add "$(bin promtool):/bin/promtool"
-image alertmanager.tar "quay.io/prometheus/alertmanager:$ALERTMANAGER_VERSION" \
-  --entrypoint /bin/alertmanager --expose 9093 \
-  --add "$(bin alertmanager):/bin/alertmanager"
-image prometheus-operator.tar "quay.io/prometheus-operator/prometheus-operator:$PROMETHEUS_OPERATOR_VERSION" \
-  --entrypoint /bin/operator --expose 8080 \
-  --add "$(bin operator):/bin/operator"
-image prometheus-config-reloader.tar \
-  "quay.io/prometheus-operator/prometheus-config-reloader:$PROMETHEUS_OPERATOR_VERSION" \
-  --entrypoint /bin/prometheus-config-reloader --expose 8080 \
-  --add "$(bin prometheus-config-reloader):/bin/prometheus-config-reloader"
-# Entrypoint and ports of kube-state-metrics' Dockerfile.
-image kube-state-metrics.tar "registry.k8s.io/kube-state-metrics/kube-state-metrics:$KUBE_STATE_METRICS_VERSION" \
-  --entrypoint /kube-state-metrics --entrypoint=--port=8080 --entrypoint=--telemetry-port=8081 \
-  --expose 8080 --expose 8081 \
-  --add "$(bin kube-state-metrics):/kube-state-metrics"
-image metrics-server.tar "registry.k8s.io/metrics-server/metrics-server:$METRICS_SERVER_VERSION" \
-  --entrypoint /metrics-server --expose 10250 \
-  --add "$(bin metrics-server):/metrics-server"
+# The stack (no argument) or KEDA (`images.sh keda`).
+stack_images() {
+  image prometheus.tar "quay.io/prometheus/prometheus:$prometheus_release" \
+    --entrypoint /bin/prometheus --expose 9090 \
+    --add "$(bin prometheus):/bin/prometheus" --add "$(bin promtool):/bin/promtool"
+  image alertmanager.tar "quay.io/prometheus/alertmanager:$ALERTMANAGER_VERSION" \
+    --entrypoint /bin/alertmanager --expose 9093 \
+    --add "$(bin alertmanager):/bin/alertmanager"
+  image prometheus-operator.tar "quay.io/prometheus-operator/prometheus-operator:$PROMETHEUS_OPERATOR_VERSION" \
+    --entrypoint /bin/operator --expose 8080 \
+    --add "$(bin operator):/bin/operator"
+  image prometheus-config-reloader.tar \
+    "quay.io/prometheus-operator/prometheus-config-reloader:$PROMETHEUS_OPERATOR_VERSION" \
+    --entrypoint /bin/prometheus-config-reloader --expose 8080 \
+    --add "$(bin prometheus-config-reloader):/bin/prometheus-config-reloader"
+  # Entrypoint and ports of kube-state-metrics' Dockerfile.
+  image kube-state-metrics.tar "registry.k8s.io/kube-state-metrics/kube-state-metrics:$KUBE_STATE_METRICS_VERSION" \
+    --entrypoint /kube-state-metrics --entrypoint=--port=8080 --entrypoint=--telemetry-port=8081 \
+    --expose 8080 --expose 8081 \
+    --add "$(bin kube-state-metrics):/kube-state-metrics"
+  image metrics-server.tar "registry.k8s.io/metrics-server/metrics-server:$METRICS_SERVER_VERSION" \
+    --entrypoint /metrics-server --expose 10250 \
+    --add "$(bin metrics-server):/metrics-server"
+}
+
+# The paths and entrypoints of KEDA's Dockerfile and Dockerfile.adapter; the
+# manifests set the command and the arguments anyway.
+keda_images() {
+  local tag=${KEDA_VERSION#v}
+  image keda.tar "ghcr.io/kedacore/keda:$tag" \
+    --entrypoint /keda --entrypoint=--zap-log-level=info --entrypoint=--zap-encoder=console \
+    --expose 8080 --expose 9666 \
+    --add "$(bin keda):/keda"
+  image keda-metrics-apiserver.tar "ghcr.io/kedacore/keda-metrics-apiserver:$tag" \
+    --entrypoint /keda-adapter --entrypoint=--secure-port=6443 \
+    --entrypoint=--zap-log-level=info --entrypoint=--zap-encoder=console \
+    --expose 6443 --expose 8080 \
+    --add "$(bin keda-adapter):/keda-adapter"
+}
+
+if [[ ${components[*]} == keda ]]; then keda_images; else stack_images; fi
 
 printf '%-6s %-72s %s\n' SIZE NAME FILE
 for file in "${images[@]}"; do
@@ -96,4 +126,5 @@ for file in "${images[@]}"; do
     cut -d'"' -f4 | paste -sd, -)"
   printf '%-6s %-72s %s\n' "$(du -h "$OUT/$file" | cut -f1)" "$names" "target/images/monitoring/$file"
 done
-printf 'Prometheus spec.version: %s   Alertmanager spec.version: %s\n' "$prometheus_release" "$ALERTMANAGER_VERSION"
+[[ ${components[*]} == keda ]] ||
+  printf 'Prometheus spec.version: %s   Alertmanager spec.version: %s\n' "$prometheus_release" "$ALERTMANAGER_VERSION"
