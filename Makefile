@@ -93,12 +93,15 @@ test-e2e-kind: ## The whole e2e suite on kind: the kwok-tier tests (their pods r
 
 ## ---- benchmarks (numbers, not tests) ----------------------------------------
 SIZES ?= 100,1000
+# ARGO=0 skips the Argo Rollouts round (its controller is built once from the Go module proxy).
+ARGO ?= 1
 .PHONY: bench-operator
-bench-operator: ## Operator: convergence of SIZES MicroServices, peak RSS, idle API traffic, 429s (local cluster)
+bench-operator: ## Operator: convergence of SIZES MicroServices, peak RSS, idle API traffic, 429s, and Argo Rollouts side by side (local cluster)
 	$(CARGO) build --release --locked -p ferry-operator --bin operator -p ferry-e2e --bin bench_operator
 	$(CLUSTER)/up.sh >/dev/null
 	$(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f crds/ >/dev/null
-	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator \
+	argo=""; if [[ "$(ARGO)" != 0 ]]; then argo="$$(tests/e2e/argo-rollouts/build.sh install $(KUBECONFIG_LOCAL))"; fi; \
+	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator ARGO_ROLLOUTS_BIN="$$argo" \
 	  target/release/bench_operator $(SIZES)
 
 ROLLOUTS ?= 50

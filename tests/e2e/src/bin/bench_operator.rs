@@ -12,6 +12,12 @@
 //! Also printed, to read those numbers against: what one write costs the
 //! apiserver on the idle cluster, the no-operator baseline, CPU seconds per
 //! process, and every API request made from the first create to convergence.
+//!
+//! With `ARGO_ROLLOUTS_BIN` set (the Makefile builds it), each size also runs an Argo
+//! Rollouts round right after Ferry's ([`argo`]), and the two are printed side by side.
+
+#[path = "bench_operator/argo.rs"]
+mod argo;
 
 use std::{
     collections::BTreeMap,
@@ -49,6 +55,8 @@ struct Round {
     available: Duration,
     /// CPU seconds each process spent from the first create to convergence.
     cpu: BTreeMap<String, f64>,
+    /// The operator's CPU seconds from the first create until every MicroService is Available.
+    operator_cpu_available: f64,
     /// API requests from the first create to convergence, by "verb resource", all clients.
     requests: BTreeMap<String, f64>,
     peak_rss_kib: u64,
@@ -70,10 +78,19 @@ async fn main() {
     let costs = write_costs(&client).await;
     let mut rounds = Vec::new();
     let mut baselines = Vec::new();
+    let mut argo_rounds = Vec::new();
+    let argo_bin = argo::binary();
     for (i, n) in sizes.into_iter().enumerate() {
         baselines.push((n, baseline(&client, n).await));
         rounds.push(round(&client, n, Duration::from_secs(idle), 18090 + i as u16).await);
+        if let Some(bin) = &argo_bin {
+            let replicas = bench_spec()["autoscaling"]["minReplicas"].as_i64().unwrap_or(1);
+            argo_rounds.push(
+                argo::round(&client, bin, n, replicas, Duration::from_secs(idle), 18190 + i as u16).await,
+            );
+        }
     }
+    print_side_by_side(&rounds, &argo_rounds, idle);
     println!();
     println!(
         "Apiserver CPU per write on the idle cluster ({WRITES_PER_KIND} sequential writes of each kind, one connection):"
@@ -206,6 +223,8 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
     .await
     .expect("every MicroService Available");
     let available = start.elapsed();
+    let operator_cpu_available =
+        cpu_delta(&cpu_before, &cpu_seconds(Some(pid))).get("operator").copied().unwrap_or(0.0);
     eprintln!("[bench] {n}: all Available after {:.1} s; idle window {:?}", available.as_secs_f64(), idle);
 
     let idle_start_api = apiserver_requests(client).await;
@@ -233,11 +252,56 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
         converge,
         available,
         cpu,
+        operator_cpu_available,
         requests,
         peak_rss_kib,
         idle_by_verb,
         idle_operator_writes: idle_end_writes - idle_start_writes,
         throttled,
+    }
+}
+
+/// Ferry and Argo Rollouts, size by size: the same applications on the same apiserver.
+fn print_side_by_side(ferry: &[Round], argo: &[argo::ArgoRound], idle: u64) {
+    if argo.is_empty() {
+        return;
+    }
+    let ratio = |f: f64, a: f64| if a > 0.0 { format!("{:.2}", f / a) } else { "-".into() };
+    println!();
+    println!(
+        "Ferry vs Argo Rollouts (rollouts-controller), same apiserver, one after the other; ratio = Ferry / Argo:"
+    );
+    println!(
+        "| apps | create (client) Ferry / Argo | all reconciled Ferry / Argo | all Ready Ferry / Argo (ratio) | controller CPU s to all Ready Ferry / Argo (ratio) | peak RSS Ferry / Argo (ratio) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for a in argo {
+        let Some(f) = ferry.iter().find(|f| f.n == a.n) else { continue };
+        let (f_rss, a_rss) = (f.peak_rss_kib as f64 / 1024.0, a.peak_rss_kib as f64 / 1024.0);
+        println!(
+            "| {} | {:.1} s / {:.1} s | {:.1} s / {:.1} s | {:.1} s / {:.1} s ({}) | {:.1} / {:.1} ({}) | {:.1} MiB / {:.1} MiB ({}) |",
+            a.n,
+            f.create.as_secs_f64(),
+            a.create.as_secs_f64(),
+            f.converge.as_secs_f64(),
+            a.reconciled.as_secs_f64(),
+            f.available.as_secs_f64(),
+            a.healthy.as_secs_f64(),
+            ratio(f.available.as_secs_f64(), a.healthy.as_secs_f64()),
+            f.operator_cpu_available,
+            a.controller_cpu(),
+            ratio(f.operator_cpu_available, a.controller_cpu()),
+            f_rss,
+            a_rss,
+            ratio(f_rss, a_rss),
+        );
+    }
+    println!();
+    println!("Argo round, CPU seconds per process to all Healthy, and API requests in {idle} s idle:");
+    for a in argo {
+        let verbs: Vec<_> = a.idle_by_verb.iter().map(|(v, c)| format!("{v} {c}")).collect();
+        let verbs = if verbs.is_empty() { "none".to_string() } else { verbs.join(", ") };
+        println!("- {}: {}; idle: {verbs}", a.n, cpu_line(&a.cpu));
     }
 }
 
