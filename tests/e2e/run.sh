@@ -58,7 +58,7 @@ binaries=()
 for f in tests/e2e/tests/*.rs; do
   name="$(basename "$f" .rs)"
   case $name in
-  monitoring_crd_absent | real_node | events | autoscaling | monitoring) ;; # their own phases
+  monitoring_crd_absent | real_node | events | autoscaling | monitoring | latency_autoscaling) ;; # their own phases
   *) binaries+=(--test "$name") ;;
   esac
 done
@@ -91,8 +91,10 @@ if [[ ${started:-0} == 1 ]]; then
 fi
 echo "[e2e] phase 3: real pods on kind; building the images (no Docker build, nothing pulled)"
 tests/e2e/images/build.sh >/dev/null
-cargo test --release --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring --no-run
+cargo test --release --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring \
+  --test latency_autoscaling --no-run
 tests/e2e/monitoring/images.sh >/dev/null
+tests/e2e/monitoring/images.sh keda >/dev/null
 kind_started=0
 [[ -f "$ROOT/target/kind/env" ]] || kind_started=1
 if [[ $kind_started == 1 ]]; then trap '"$KIND" down' EXIT; fi
@@ -123,3 +125,7 @@ tests/e2e/monitoring/metrics-server/install.sh "$KIND_KUBECONFIG"
 in_node autoscaling "$@"
 tests/e2e/monitoring/prometheus/install.sh "$KIND_KUBECONFIG"
 in_node monitoring "$@"
+
+echo "[e2e] phase 4b: autoscaling on gRPC latency through KEDA, fed by that Prometheus"
+tests/e2e/monitoring/keda/install.sh "$KIND_KUBECONFIG"
+in_node latency_autoscaling "$@"
