@@ -33,7 +33,8 @@ deps: ## Install the Debian packages the tests need (apt-get; as root), when mis
 ## ---- pieces of `make test` ---------------------------------------------------
 SCRIPTS := $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh tests/e2e/kind/runc-without-sys-resource \
   tests/e2e/kind/node/iptables-wrapper tests/e2e/kind/node/files/usr/local/bin/ferry-entrypoint \
-  tests/e2e/images/*.sh tests/e2e/monitoring/*.sh services/scripts/*.sh .ci/run
+  tests/e2e/images/*.sh tests/e2e/monitoring/*.sh tests/e2e/monitoring/*/*.sh tests/e2e/argo-rollouts/*.sh \
+  services/scripts/*.sh .ci/run
 CARGO_DENY_VERSION := 0.20.2
 # ADVISORIES=required fails the lint when the RustSec database cannot be fetched (it lives on github.com).
 ADVISORIES ?= auto
