@@ -588,93 +588,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         middleware(&mut ctx, &inv).await?;
     }
 
-    // --- SQLite ------------------------------------------------------------------------------------
-    let mut inv_results = Vec::new();
-    let c = ctx.args.concurrency;
-    let max = ctx.args.max_requests;
-    let run = ctx.run.clone();
-    let dur = ctx.duration();
-    if ctx.wants("sqlite") {
-        eprintln!("inventory on SQLite");
-        let r = deduct_load(
-            &mut ctx,
-            &inv,
-            "sqlite-hot",
-            vec![format!("{run}-hot")],
-            1_000_000_000,
-            budget(c, max, dur),
-        )
-        .await?;
-        inv_results.push(r.clone());
-        ctx.push("DeductStock, SQLite, 1 hot sku", r, format!("{c} in flight"));
-        let skus: Vec<String> = (0..1000).map(|i| format!("{}-s{i}", ctx.run)).collect();
-        let r = deduct_load(&mut ctx, &inv, "sqlite-1000", skus, 1_000_000, budget(c, max, dur)).await?;
-        inv_results.push(r.clone());
-        ctx.push("DeductStock, SQLite, 1,000 skus", r, format!("{c} in flight"));
-        let r = deduct_load(
-            &mut ctx,
-            &inv,
-            "sqlite-scarce",
-            vec![format!("{run}-scarce")],
-            500,
-            budget(100, 2000, HARD_LIMIT),
-        )
-        .await?;
-        scarce_check(&mut ctx, "SQLite", &r, 500);
-    }
-
-    // --- CreateOrder end to end (order on SQLite → inventory on SQLite) ---------------------------
+    // --- SQLite, then CreateOrder end to end (order on SQLite → inventory on SQLite) ---------------
+    let mut inv_results = sqlite_rounds(&mut ctx, &inv).await?;
     if ctx.wants("order") {
-        eprintln!("CreateOrder end to end");
-        let mut cmd = server_cmd(&order_bin, &tmp.path().join("order-sqlite"), &key);
-        cmd.arg(format!("--inventory-addr=127.0.0.1:{}", inv.addr.port()))
-            .arg(format!("--inventory-token-file={}", inv_token.display()));
-        let order = spawn("order", cmd).await?;
-        wait_serving_named(order.addr, "ferry.order.v1.OrderService").await?;
-        let order_skus: Vec<String> = (0..1000).map(|i| format!("{}-o{i}", ctx.run)).collect();
-        let mut admin = InventoryServiceClient::new(channels(inv.addr, 1).await?.remove(0));
-        for sku in &order_skus {
-            set_stock(&mut admin, &ctx.bearer, sku, 1_000_000).await?;
-        }
-        let chans = Arc::new(channels(order.addr, ctx.args.connections).await?);
-        let watch = [("order", order.pid().unwrap_or(0)), ("inventory-sqlite", inv.pid().unwrap_or(0))];
-        let bearer = ctx.bearer.clone();
-        let (prefix, shared) = (format!("{}-order", ctx.run), Arc::new(order_skus.clone()));
-        let r = load(c, ctx.duration(), max, &watch, move |w, i| {
-            let mut client = OrderServiceClient::new(chans[w % chans.len()].clone());
-            let sku = shared[rand::rng().random_range(0..shared.len())].clone();
-            let req = authed(
-                CreateOrderRequest {
-                    request_id: format!("{prefix}-{i}"),
-                    customer_id: format!("c{w}"),
-                    items: vec![OrderItem { sku, quantity: 1 }],
-                },
-                &bearer,
-            );
-            async move { classify(client.create_order(req).await) }
-        })
-        .await;
-        let mut remaining = 0i64;
-        for sku in &order_skus {
-            remaining += get_stock(&mut admin, &ctx.bearer, sku).await?;
-        }
-        let expected = 1_000_000 * order_skus.len() as i64 - r.ok as i64;
-        ctx.checks.push(format!(
-            "{} CreateOrder: initial {} − {} confirmed orders = {expected}; final {remaining}{}",
-            if remaining == expected { "OK  " } else { "FAIL" },
-            1_000_000 * order_skus.len() as i64,
-            r.ok,
-            if r.errors > 0 {
-                format!(" ({} calls failed with errors; an order left PENDING may hold stock)", r.errors)
-            } else {
-                String::new()
-            }
-        ));
-        let order_peak = peak_of(&[&r], "order");
-        inv_results.push(r.clone());
-        ctx.push("CreateOrder end to end (1 item; order + inventory on SQLite)", r, format!("{c} in flight"));
-        ctx.record_rss("order-service (SQLite)", &order, order_peak);
-        order.stop().await?;
+        let order_paths = (order_bin.as_path(), key.as_path(), inv_token.as_path(), tmp.path());
+        inv_results.push(create_order_round(&mut ctx, &inv, order_paths).await?);
     }
     let inv_peak = peak_of(&inv_results.iter().collect::<Vec<_>>(), "inventory-sqlite");
     ctx.record_rss("inventory-service (SQLite)", &inv, inv_peak);
@@ -694,6 +612,108 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         bail!("a stock check failed");
     }
     Ok(())
+}
+
+/// DeductStock on SQLite: one hot sku, 1,000 skus, and a scarce sku (the oversell check).
+async fn sqlite_rounds(ctx: &mut Ctx, inv: &Server) -> anyhow::Result<Vec<LoadResult>> {
+    let mut inv_results = Vec::new();
+    let c = ctx.args.concurrency;
+    let max = ctx.args.max_requests;
+    let run = ctx.run.clone();
+    let dur = ctx.duration();
+    if ctx.wants("sqlite") {
+        eprintln!("inventory on SQLite");
+        let r = deduct_load(
+            ctx,
+            inv,
+            "sqlite-hot",
+            vec![format!("{run}-hot")],
+            1_000_000_000,
+            budget(c, max, dur),
+        )
+        .await?;
+        inv_results.push(r.clone());
+        ctx.push("DeductStock, SQLite, 1 hot sku", r, format!("{c} in flight"));
+        let skus: Vec<String> = (0..1000).map(|i| format!("{}-s{i}", ctx.run)).collect();
+        let r = deduct_load(ctx, inv, "sqlite-1000", skus, 1_000_000, budget(c, max, dur)).await?;
+        inv_results.push(r.clone());
+        ctx.push("DeductStock, SQLite, 1,000 skus", r, format!("{c} in flight"));
+        let r = deduct_load(
+            ctx,
+            inv,
+            "sqlite-scarce",
+            vec![format!("{run}-scarce")],
+            500,
+            budget(100, 2000, HARD_LIMIT),
+        )
+        .await?;
+        scarce_check(ctx, "SQLite", &r, 500);
+    }
+    Ok(inv_results)
+}
+
+/// CreateOrder end to end against `inv`: order on SQLite, 1,000 skus, the books checked after.
+/// `paths`: the order-service binary, the JWT key, inventory's token and a scratch directory.
+async fn create_order_round(
+    ctx: &mut Ctx,
+    inv: &Server,
+    (order_bin, key, inv_token, tmp): (&Path, &Path, &Path, &Path),
+) -> anyhow::Result<LoadResult> {
+    let (c, max) = (ctx.args.concurrency, ctx.args.max_requests);
+    eprintln!("CreateOrder end to end");
+    let mut cmd = server_cmd(order_bin, &tmp.join("order-sqlite"), key);
+    cmd.arg(format!("--inventory-addr=127.0.0.1:{}", inv.addr.port()))
+        .arg(format!("--inventory-token-file={}", inv_token.display()));
+    let order = spawn("order", cmd).await?;
+    wait_serving_named(order.addr, "ferry.order.v1.OrderService").await?;
+    let order_skus: Vec<String> = (0..1000).map(|i| format!("{}-o{i}", ctx.run)).collect();
+    let mut admin = InventoryServiceClient::new(channels(inv.addr, 1).await?.remove(0));
+    for sku in &order_skus {
+        set_stock(&mut admin, &ctx.bearer, sku, 1_000_000).await?;
+    }
+    let chans = Arc::new(channels(order.addr, ctx.args.connections).await?);
+    let watch = [("order", order.pid().unwrap_or(0)), ("inventory-sqlite", inv.pid().unwrap_or(0))];
+    let bearer = ctx.bearer.clone();
+    let (prefix, shared) = (format!("{}-order", ctx.run), Arc::new(order_skus.clone()));
+    let r = load(c, ctx.duration(), max, &watch, move |w, i| {
+        let mut client = OrderServiceClient::new(chans[w % chans.len()].clone());
+        let sku = shared[rand::rng().random_range(0..shared.len())].clone();
+        let req = authed(
+            CreateOrderRequest {
+                request_id: format!("{prefix}-{i}"),
+                customer_id: format!("c{w}"),
+                items: vec![OrderItem { sku, quantity: 1 }],
+            },
+            &bearer,
+        );
+        async move { classify(client.create_order(req).await) }
+    })
+    .await;
+    let mut remaining = 0i64;
+    for sku in &order_skus {
+        remaining += get_stock(&mut admin, &ctx.bearer, sku).await?;
+    }
+    let expected = 1_000_000 * order_skus.len() as i64 - r.ok as i64;
+    ctx.checks.push(format!(
+        "{} CreateOrder: initial {} − {} confirmed orders = {expected}; final {remaining}{}",
+        if remaining == expected { "OK  " } else { "FAIL" },
+        1_000_000 * order_skus.len() as i64,
+        r.ok,
+        if r.errors > 0 {
+            format!(" ({} calls failed with errors; an order left PENDING may hold stock)", r.errors)
+        } else {
+            String::new()
+        }
+    ));
+    let order_peak = peak_of(&[&r], "order");
+    ctx.push(
+        "CreateOrder end to end (1 item; order + inventory on SQLite)",
+        r.clone(),
+        format!("{c} in flight"),
+    );
+    ctx.record_rss("order-service (SQLite)", &order, order_peak);
+    order.stop().await?;
+    Ok(r)
 }
 
 /// The two no-DB calls of the middleware comparison.
