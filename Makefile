@@ -126,6 +126,25 @@ bench-cutover: ## Blue-green cutover on kind under RATE CreateOrder/s: failed ca
 	  FERRY_POSTGRES_HOST=$$FERRY_POSTGRES_HOST FERRY_POSTGRES_PORT=$$FERRY_POSTGRES_PORT PATH="$(BIN):$$PATH" \
 	  target/release/bench_cutover $(RATE)
 
+AUTOSCALE_RATE ?= 200
+AUTOSCALE_DELAY_MS ?= 400
+AUTOSCALE_SECONDS ?= 150
+.PHONY: bench-autoscale
+bench-autoscale: ## Order scaled on gRPC p99 (KEDA) vs CPU (HPA) on kind under the same load: time to scale out, max replicas (root)
+	tests/e2e/images/build.sh >/dev/null
+	$(CARGO) build --release --locked -p ferry-e2e --bin bench_autoscale
+	tests/e2e/monitoring/images.sh >/dev/null
+	tests/e2e/monitoring/images.sh keda >/dev/null
+	tests/e2e/kind/kind.sh up >/dev/null
+	tests/e2e/kind/kind.sh load
+	source target/kind/env && $(BIN)/kubectl --kubeconfig "$$KIND_KUBECONFIG" apply -f crds/ >/dev/null && \
+	  tests/e2e/monitoring/metrics-server/install.sh "$$KIND_KUBECONFIG" && \
+	  tests/e2e/monitoring/prometheus/install.sh "$$KIND_KUBECONFIG" && \
+	  tests/e2e/monitoring/keda/install.sh "$$KIND_KUBECONFIG"
+	source target/kind/env && tests/e2e/kind/kind.sh netns env KUBECONFIG=$$KIND_NODE_KUBECONFIG FERRY_REAL_PODS=1 \
+	  FERRY_POSTGRES_HOST=$$FERRY_POSTGRES_HOST FERRY_POSTGRES_PORT=$$FERRY_POSTGRES_PORT PATH="$(BIN):$$PATH" \
+	  target/release/bench_autoscale $(AUTOSCALE_RATE) $(AUTOSCALE_DELAY_MS) $(AUTOSCALE_SECONDS)
+
 ## ---- local cluster ----------------------------------------------------------
 .PHONY: tools
 tools: ## Build (or find cached) etcd, kube-*, kubectl, kwok and helm from the Go module proxy

@@ -244,9 +244,15 @@ pub async fn wait_for_a_quiet_node(ctx: &TestContext) {
 /// Installs the operator chart in the test's namespace, watching only it, and
 /// waits until the operator pod is Ready.
 pub async fn install_operator(ctx: &TestContext) -> tools::HelmRelease {
+    install_operator_as(ctx, "ferry").await
+}
+
+/// [`install_operator`] under the chart release name `release` (the chart's
+/// ClusterRoles are named after it).
+pub async fn install_operator_as(ctx: &TestContext, release: &str) -> tools::HelmRelease {
     let watch = format!("watchNamespace={}", ctx.namespace);
     let release =
-        tools::HelmRelease::install("ferry", &ctx.namespace, &["--set", &watch, "--set", "image.tag=dev"]);
+        tools::HelmRelease::install(release, &ctx.namespace, &["--set", &watch, "--set", "image.tag=dev"]);
     wait_until("the operator pod is Ready", Duration::from_secs(120), || async {
         let pods = ready_pods(ctx, "app.kubernetes.io/name=ferry-operator").await;
         (!pods.is_empty()).then_some(())

@@ -21,16 +21,12 @@
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
-    TestContext, in_namespace,
+    TestContext,
+    autoscale::{self, Autoscaling, KEDA_HPA, Load, ScaleOut, Target},
+    in_namespace,
     shop::{self, LoadReport, ShopOptions},
-    tools, wait_until,
+    tools,
 };
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::{
-    Api,
-    core::{ApiResource, DynamicObject, GroupVersionKind},
-};
-use serde_json::{Value, json};
 
 const MIN_REPLICAS: i32 = 2;
 const MAX_REPLICAS: i32 = 4;
@@ -44,221 +40,57 @@ const FAULT_DELAY_MS: u64 = 400;
 const LOAD_RATE: u32 = 50;
 /// The load never runs longer than this.
 const LOAD_LIMIT: Duration = Duration::from_secs(480);
-const ORDER_PODS: &str = "ferry.dev/microservice=order";
 const RELEASE: &str = "ferry-keda";
-/// The Prometheus of `monitoring/prometheus/install.sh`, as KEDA reaches it.
-const PROMETHEUS: &str = "http://prometheus.monitoring.svc:9090";
-/// Order's CPU request (the shop's is 100m), as in `autoscaling.rs`: blue and
-/// green at [`MAX_REPLICAS`] each must fit next to inventory.
-const ORDER_CPU_REQUEST: &str = "50m";
-/// The HPA KEDA derives from the ScaledObject `order`.
-const KEDA_HPA: &str = "keda-hpa-order";
 
-/// `spec.autoscaling.behavior`: no scale-up stabilization, up to two pods per
-/// 15 s; scale-down after a 15 s window or, with `scale_down: false`, never.
-fn behavior(scale_down: bool) -> Value {
-    let down = if scale_down {
-        json!({"stabilizationWindowSeconds": 15, "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]})
-    } else {
-        json!({"selectPolicy": "Disabled"})
-    };
-    json!({
-        "scaleUp": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Pods", "value": 2, "periodSeconds": 15}]},
-        "scaleDown": down,
-    })
-}
-
-fn scaled_objects(ctx: &TestContext) -> Api<DynamicObject> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
-        "scaledobjects",
-    );
-    Api::namespaced_with(ctx.client.clone(), &ctx.namespace, &resource)
-}
-
-async fn hpa(ctx: &TestContext, name: &str) -> Option<HorizontalPodAutoscaler> {
-    ctx.api::<HorizontalPodAutoscaler>().get_opt(name).await.ok().flatten()
-}
-
-fn desired_replicas(hpa: &HorizontalPodAutoscaler) -> i32 {
-    hpa.status.as_ref().map(|s| s.desired_replicas).unwrap_or_default()
-}
-
-/// The external metric (order's p99, in ms) the HPA last read from KEDA.
-fn p99_metric(hpa: &HorizontalPodAutoscaler) -> Option<String> {
-    let metrics = hpa.status.as_ref()?.current_metrics.as_ref()?;
-    metrics.iter().find_map(|m| m.external.as_ref()?.current.value.as_ref().map(|q| q.0.clone()))
-}
-
-/// One line on what KEDA's HPA and the ScaledObject see, for progress and failures.
-async fn keda_state(ctx: &TestContext) -> String {
-    let scaled = match scaled_objects(ctx).get_opt("order").await {
-        Ok(Some(so)) => so.data["status"]["conditions"].to_string(),
-        other => format!("no ScaledObject order ({other:?})"),
-    };
-    let Some(hpa) = hpa(ctx, KEDA_HPA).await else {
-        return format!("no HPA {KEDA_HPA}; ScaledObject: {scaled}");
-    };
-    let status = hpa.status.clone().unwrap_or_default();
-    let conditions: Vec<String> = status
-        .conditions
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| format!("{}={} ({})", c.type_, c.status, c.message.unwrap_or_default()))
-        .collect();
-    format!(
-        "HPA {KEDA_HPA}: p99 {:?} ms, current {:?}, desired {}; {}; ScaledObject: {scaled}",
-        p99_metric(&hpa),
-        status.current_replicas,
-        desired_replicas(&hpa),
-        conditions.join("; ")
-    )
-}
-
-/// Waits for `check` on KEDA's HPA; the failure names its state.
-async fn wait_for_hpa<T>(
-    ctx: &TestContext,
-    what: &str,
-    limit: Duration,
-    check: impl Fn(&HorizontalPodAutoscaler) -> Option<T>,
-) -> T {
-    let outcome =
-        wait_until(what, limit, || async { hpa(ctx, KEDA_HPA).await.as_ref().and_then(&check) }).await;
-    match outcome {
-        Ok(value) => value,
-        Err(e) => panic!("{e}; {}", keda_state(ctx).await),
+/// Order autoscaled between [`MIN_REPLICAS`] and [`MAX_REPLICAS`] on its p99.
+fn autoscaling(scale_down: bool) -> Autoscaling {
+    Autoscaling {
+        min: MIN_REPLICAS,
+        max: MAX_REPLICAS,
+        target: Target::LatencyP99Ms(LATENCY_TARGET_MS),
+        scale_down,
     }
 }
 
-/// The operator chart under a release of its own and the shop with fault
-/// injection on inventory and `autoscaling` (replacing the shop's) and the
-/// CPU request set on order, both Available, stock set.
-async fn deploy_shop(ctx: &TestContext, autoscaling: Value) -> tools::HelmRelease {
-    let watch = format!("watchNamespace={}", ctx.namespace);
-    let release =
-        tools::HelmRelease::install(RELEASE, &ctx.namespace, &["--set", &watch, "--set", "image.tag=dev"]);
-    wait_until("the operator pod is Ready", Duration::from_secs(120), || async {
-        let pods = shop::ready_pods(ctx, "app.kubernetes.io/name=ferry-operator").await;
-        (!pods.is_empty()).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    let options = ShopOptions { inventory_fault_injection: true, ..ShopOptions::default() };
-    let mut list: Value = serde_json::from_str(&shop::shop_manifests(ctx, &options)).expect("JSON list");
-    for item in list["items"].as_array_mut().expect("items") {
-        if item["kind"] == "MicroService" && item["metadata"]["name"] == "order" {
-            item["spec"]["autoscaling"] = autoscaling.clone();
-            item["spec"]["resources"]["requests"]["cpu"] = json!(ORDER_CPU_REQUEST);
-        }
-    }
-    let manifests = list.to_string();
-    tools::run_ok("kubectl", &["apply", "-n", &ctx.namespace, "-f", "-"], Some(&manifests), &[]);
-    for name in ["inventory", "order"] {
-        let target = format!("microservice/{name}");
-        let args = ["wait", "-n", &ctx.namespace, "--for=condition=Available", &target, "--timeout=180s"];
-        tools::run_ok("kubectl", &args, None, &[]);
-    }
-    let inventory = shop::channels(&shop::service_endpoint(ctx, "inventory").await, 1).await;
-    shop::set_stock(inventory[0].clone(), 10_000_000).await;
-    release
-}
-
-/// The shop with order autoscaled on its p99 latency through KEDA, once the
-/// ScaledObject is Ready, KEDA's HPA reads the metric and order runs at
-/// `minReplicas`; Ferry wrote no HPA of its own.
+/// The shop with fault injection on inventory and order autoscaled on its
+/// p99 latency through KEDA, once the ScaledObject is Ready, KEDA's HPA reads
+/// the metric and order runs at `minReplicas`; Ferry wrote no HPA of its own.
 async fn latency_autoscaled_shop(ctx: &TestContext, scale_down: bool) -> tools::HelmRelease {
     shop::require_real_pods();
-    let autoscaling = json!({
-        "minReplicas": MIN_REPLICAS,
-        "maxReplicas": MAX_REPLICAS,
-        "latencyP99Milliseconds": LATENCY_TARGET_MS,
-        "prometheusAddress": PROMETHEUS,
-        "metricsWindow": "30s",
-        "behavior": behavior(scale_down),
-    });
-    let release = deploy_shop(ctx, autoscaling).await;
-    let ready = wait_until("the ScaledObject order to be Ready", Duration::from_secs(120), || async {
-        let so = scaled_objects(ctx).get_opt("order").await.ok()??;
-        let conditions = so.data["status"]["conditions"].as_array()?.clone();
-        conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True").then_some(so)
-    })
-    .await;
-    let so = match ready {
-        Ok(so) => so,
-        Err(e) => panic!("{e}; {}", keda_state(ctx).await),
-    };
+    let scaler = autoscaling(scale_down);
+    let options = ShopOptions { inventory_fault_injection: true, ..ShopOptions::default() };
+    let release = autoscale::deploy_shop(ctx, RELEASE, &options, &scaler).await;
+    let (idle, so) = scaler.wait_idle(ctx).await;
+    let so = so.expect("the ScaledObject order");
     let target = &so.data["spec"]["scaleTargetRef"];
     assert_eq!((target["kind"].as_str(), target["name"].as_str()), (Some("MicroService"), Some("order")));
-    let idle =
-        wait_for_hpa(ctx, "KEDA's HPA to read order's p99 at minReplicas", Duration::from_secs(120), |h| {
-            (desired_replicas(h) == MIN_REPLICAS).then_some(())?;
-            p99_metric(h)
-        })
-        .await;
-    assert!(hpa(ctx, "order").await.is_none(), "Ferry wrote no HPA order of its own next to KEDA's");
+    assert!(
+        autoscale::hpa(ctx, "order").await.is_none(),
+        "Ferry wrote no HPA order of its own next to KEDA's"
+    );
     println!("order idle at {MIN_REPLICAS} pods: p99 metric {idle} ms (target {LATENCY_TARGET_MS} ms)");
     release
 }
 
-/// A running bounded load and its stop switch.
-struct Load {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<LoadReport>,
+async fn start_load(ctx: &TestContext) -> Load {
+    Load::start(ctx, LOAD_RATE, LOAD_LIMIT, 4, 1024).await
 }
 
-impl Load {
-    async fn start(ctx: &TestContext) -> Self {
-        let order = shop::channels(&shop::service_endpoint(ctx, "order").await, 4).await;
-        let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(shop::create_order_load(order, LOAD_RATE, LOAD_LIMIT, 1024, stop_rx));
-        Self { stop, task }
-    }
-
-    async fn stop(self) -> LoadReport {
-        let _ = self.stop.send(());
-        let load = self.task.await.expect("load task");
-        println!(
-            "load: {} sent at {:.0}/s offered over {:.1} s, {} acknowledged, {} failed",
-            load.sent,
-            load.offered_rate(),
-            load.elapsed.as_secs_f64(),
-            load.acknowledged.len(),
-            load.failures.len()
-        );
-        assert!(load.acknowledged.len() > 1000, "the load ran: {} acknowledged", load.acknowledged.len());
-        load
-    }
-}
-
-/// What the scale-out measured, from the faults' ConfigMap edit.
-struct ScaleOut {
-    desired: i32,
-    until_desired: Duration,
-    until_ready: Duration,
+async fn stop_load(load: Load) -> LoadReport {
+    let load = load.stop().await;
+    assert!(load.acknowledged.len() > 1000, "the load ran: {} acknowledged", load.acknowledged.len());
+    load
 }
 
 /// Injects the `DeductStock` delay and waits until KEDA's HPA wants more than
-/// `minReplicas` and that many order pods are Ready.
-async fn scale_out_on_latency(ctx: &TestContext) -> ScaleOut {
+/// `minReplicas` and that many order pods are Ready; times are from the
+/// faults' ConfigMap edit.
+async fn scale_out_on_latency(ctx: &TestContext, scaler: &Autoscaling) -> ScaleOut {
     let fault = Instant::now();
     shop::set_inventory_faults(ctx, &[shop::inventory_fault("DeductStock", FAULT_DELAY_MS, 0.0)]);
     // The ConfigMap reaches the pods through the kubelet's sync (up to about a
     // minute), then the window, KEDA and the HPA's sync: all in the timings.
-    let desired = wait_for_hpa(ctx, "KEDA's HPA to want more order pods", Duration::from_secs(240), |h| {
-        (desired_replicas(h) > MIN_REPLICAS).then(|| desired_replicas(h))
-    })
-    .await;
-    let until_desired = fault.elapsed();
-    println!("{}", keda_state(ctx).await);
-    let ready = wait_until(&format!("{desired} Ready order pods"), Duration::from_secs(120), || async {
-        let ready = shop::ready_pods(ctx, ORDER_PODS).await.len() as i32;
-        (ready >= desired).then_some(ready)
-    })
-    .await;
-    if let Err(e) = ready {
-        panic!("{e}; {}", keda_state(ctx).await);
-    }
-    ScaleOut { desired, until_desired, until_ready: fault.elapsed() }
+    scaler.scale_out(ctx, fault, Duration::from_secs(240)).await
 }
 
 #[tokio::test]
@@ -266,31 +98,24 @@ async fn scale_out_on_latency(ctx: &TestContext) -> ScaleOut {
 async fn a_latency_breach_scales_order_out_through_keda_and_it_scales_back_in_after() {
     in_namespace("real-keda", |ctx| async move {
         let _release = latency_autoscaled_shop(&ctx, true).await;
-        let load = Load::start(&ctx).await;
-        let out = scale_out_on_latency(&ctx).await;
+        let scaler = autoscaling(true);
+        let load = start_load(&ctx).await;
+        let out = scale_out_on_latency(&ctx, &scaler).await;
         // The fault removed and the load stopped together: on two cores
         // shared with the control plane, order's p99 under this load alone
         // may stay above the target (measured 360 ms, p90 120 ms), so scaling
         // in is asserted on a quiet service, whose query answers 0.
         let healed = Instant::now();
         shop::set_inventory_faults(&ctx, &[]);
-        let load_report = load.stop().await;
-        wait_for_hpa(&ctx, "KEDA's HPA to want minReplicas again", Duration::from_secs(240), |h| {
-            (desired_replicas(h) == MIN_REPLICAS).then_some(())
-        })
-        .await;
+        let load_report = stop_load(load).await;
+        scaler
+            .wait_for(&ctx, "KEDA's HPA to want minReplicas again", Duration::from_secs(240), |h| {
+                (autoscale::desired_replicas(h) == MIN_REPLICAS).then_some(())
+            })
+            .await;
         let until_desired_min = healed.elapsed();
-        println!("{}", keda_state(&ctx).await);
-        let back = wait_until("order back at minReplicas Ready pods and no more", Duration::from_secs(120), || async {
-            let ms = ctx.microservices().get("order").await.ok()?;
-            let replicas = ms.data["status"]["replicas"].as_i64()?;
-            let ready = shop::ready_pods(&ctx, ORDER_PODS).await.len() as i64;
-            (replicas == i64::from(MIN_REPLICAS) && ready == replicas).then_some(())
-        })
-        .await;
-        if let Err(e) = back {
-            panic!("{e}; {}", keda_state(&ctx).await);
-        }
+        println!("{}", scaler.state(&ctx).await);
+        scaler.wait_back_at_min(&ctx).await;
         let until_min = healed.elapsed();
         println!(
             "KEDA timings at {LOAD_RATE}/s: DeductStock +{FAULT_DELAY_MS} ms → desiredReplicas {} (> min {MIN_REPLICAS}) \
@@ -315,49 +140,32 @@ async fn a_blue_green_rollout_started_while_keda_has_scaled_order_out_starts_gre
     in_namespace("real-keda-bg", |ctx| async move {
         // Scale-down disabled: the count KEDA's HPA chose stays while green rolls.
         let _release = latency_autoscaled_shop(&ctx, false).await;
-        let load = Load::start(&ctx).await;
-        let out = scale_out_on_latency(&ctx).await;
+        let scaler = autoscaling(false);
+        let load = start_load(&ctx).await;
+        let out = scale_out_on_latency(&ctx, &scaler).await;
         shop::set_inventory_faults(&ctx, &[]);
-        load.stop().await;
-        let so_before = scaled_objects(&ctx).get("order").await.expect("get ScaledObject");
+        stop_load(load).await;
+        let so_before = autoscale::scaled_objects(&ctx).get("order").await.expect("get ScaledObject");
         let api = ctx.microservices();
         let ms = api.get("order").await.expect("get order");
         let count = ms.data["spec"]["replicas"].as_i64().expect("the HPA wrote spec.replicas") as i32;
         assert!(count >= out.desired, "spec.replicas {count} carries KEDA's decision {}", out.desired);
         let blue = shop::active_revision(&ctx, "order").await.expect("order's active revision");
-        let patch =
-            json!([{"op": "add", "path": "/spec/env/-", "value": {"name": "ROLLOUT", "value": "green"}}]);
-        tools::run_ok(
-            "kubectl",
-            &["patch", "-n", &ctx.namespace, "microservice/order", "--type=json", "-p", &patch.to_string()],
-            None,
-            &[],
-        );
-        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = ctx.api();
-        let (green, replicas) = wait_until("order's green Deployment", Duration::from_secs(60), || async {
-            let ms = api.get("order").await.ok()?;
-            let green = ms.data["status"]["blueGreen"]["previewRevision"]["hash"].as_str()?.to_string();
-            let d = deployments.get_opt(&format!("order-{green}")).await.ok()??;
-            Some((green, d.spec?.replicas?))
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (green, replicas) = autoscale::start_order_rollout(&ctx).await;
         assert_ne!(green, blue);
         assert_eq!(replicas, count, "green starts at KEDA's count, not at minReplicas {MIN_REPLICAS}");
-        let selector = format!("{ORDER_PODS},{}={green}", shop::REVISION_LABEL);
-        let green_ready =
-            wait_until(&format!("{count} Ready green order pods"), Duration::from_secs(180), || async {
-                (shop::ready_pods(&ctx, &selector).await.len() as i32 >= count).then_some(())
-            })
-            .await;
-        if let Err(e) = green_ready {
-            panic!("{e}; {}", keda_state(&ctx).await);
+        if let Err(e) = autoscale::wait_order_revision_ready(&ctx, &green, count).await {
+            panic!("{e}; {}", scaler.state(&ctx).await);
         }
-        let so_after = scaled_objects(&ctx).get("order").await.expect("get ScaledObject");
+        let so_after = autoscale::scaled_objects(&ctx).get("order").await.expect("get ScaledObject");
         assert_eq!(so_after.metadata.uid, so_before.metadata.uid, "the ScaledObject was not recreated");
         assert_eq!(so_after.data["spec"], so_before.data["spec"], "the ScaledObject's spec did not change");
-        let keda = hpa(&ctx, KEDA_HPA).await.expect("KEDA's HPA");
-        assert!(desired_replicas(&keda) >= count, "KEDA's HPA was not reset: {}", keda_state(&ctx).await);
+        let keda = autoscale::hpa(&ctx, KEDA_HPA).await.expect("KEDA's HPA");
+        assert!(
+            autoscale::desired_replicas(&keda) >= count,
+            "KEDA's HPA was not reset: {}",
+            scaler.state(&ctx).await
+        );
         println!("green {green} started at {count} replicas, KEDA's count (blue {blue}); all Ready");
     })
     .await;
