@@ -107,12 +107,13 @@ bench-operator: ## Operator: convergence of SIZES MicroServices, peak RSS, idle 
 
 ROLLOUTS ?= 50
 .PHONY: bench-rollout
-bench-rollout: ## Blue-green promotion overhead (green available -> selector switched) over ROLLOUTS rollouts
-	$(CARGO) build --release --locked -p ferry-operator --bin operator --example bench_rollout
+bench-rollout: ## Blue-green promotion, Ferry and Argo Rollouts alternating over ROLLOUTS rollouts each (green available -> selector switched, patch -> old pods gone; local cluster)
+	$(CARGO) build --release --locked -p ferry-operator --bin operator -p ferry-e2e --bin bench_rollout
 	$(CLUSTER)/up.sh >/dev/null
 	$(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f crds/ >/dev/null
-	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator \
-	  target/release/examples/bench_rollout $(ROLLOUTS)
+	argo=""; if [[ "$(ARGO)" != 0 ]]; then argo="$$(tests/e2e/argo-rollouts/build.sh install $(KUBECONFIG_LOCAL))"; fi; \
+	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator ARGO_ROLLOUTS_BIN="$$argo" \
+	  target/release/bench_rollout $(ROLLOUTS)
 
 RATE ?= 500
 .PHONY: bench-cutover

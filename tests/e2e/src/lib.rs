@@ -6,6 +6,7 @@
 //! level; when a test fails, the harness prints that namespace's pods and events
 //! and the tail of any operator log before the namespace is deleted.
 
+pub mod argo_rollouts;
 pub mod autoscale;
 mod diagnostics;
 mod microservice;

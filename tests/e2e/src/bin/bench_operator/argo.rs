@@ -5,17 +5,20 @@
 //! Per application the client creates what an Argo user writes for what one MicroService
 //! gives: a Rollout (blue-green, auto-promotion on, the pod template of the baseline's
 //! Deployment, as many replicas as Ferry's Deployment gets), its active and preview
-//! Services, an HPA on the Rollout and a PDB. The controller (built from the Go module
-//! proxy by tests/e2e/argo-rollouts/build.sh, path in `ARGO_ROLLOUTS_BIN`) runs as a
-//! process, namespaced to the round's namespace, without leader election.
+//! Services ([`ferry_e2e::argo_rollouts::blue_green_app`]), an HPA on the Rollout and a
+//! PDB. The controller runs as a process, namespaced to the round's namespace, without
+//! leader election ([`ferry_e2e::argo_rollouts::start_controller`]).
 
 use std::{
     collections::BTreeMap,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use ferry_e2e::{unique_suffix, wait_until};
+pub use ferry_e2e::argo_rollouts::binary;
+use ferry_e2e::{
+    argo_rollouts::{blue_green_app, rollout_resource, start_controller},
+    unique_suffix, wait_until,
+};
 use futures::{StreamExt, stream};
 use kube::{
     Api, Client,
@@ -53,79 +56,32 @@ impl ArgoRound {
     }
 }
 
-fn rollout_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
-        "rollouts",
-    )
-}
-
-/// The controller's binary, when `make bench-operator` built it (`ARGO_ROLLOUTS_BIN`).
-pub fn binary() -> Option<String> {
-    std::env::var("ARGO_ROLLOUTS_BIN").ok().filter(|b| !b.is_empty())
-}
-
-/// Starts rollouts-controller for `ns`; killed when dropped.
-fn start_controller(bin: &str, ns: &str, port: u16) -> tokio::process::Child {
-    let dir = std::path::Path::new("target/bench");
-    std::fs::create_dir_all(dir).expect("target/bench");
-    let log = std::fs::File::create(dir.join(format!("{ns}-rollouts-controller.log"))).expect("log file");
-    let mut command = tokio::process::Command::new(bin);
-    if let Ok(kubeconfig) = std::env::var("KUBECONFIG") {
-        command.args(["--kubeconfig", &kubeconfig]);
-    }
-    command
-        .args(["--namespace", ns, "--namespaced", "--leader-elect=false", "--loglevel", "warn"])
-        .args(["--metricsPort", &port.to_string(), "--healthzPort", &(port + 100).to_string()])
-        // Where it looks for its notification ConfigMap; none exists, as in a plain install.
-        .env("POD_NAMESPACE", ns)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().expect("log handle")))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"))
-}
-
 /// The objects of one application, in creation order: Services first, as a user applying
-/// a manifest would have them before the Rollout naming them.
+/// a manifest would have them before the Rollout naming them; then its HPA and PDB.
 fn app_objects(name: &str, replicas: i64) -> Vec<(ApiResource, DynamicObject)> {
     let gvk = |g: &str, v: &str, k: &str, p: &str| {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), p)
     };
-    let service = baseline_child("Service", name);
-    let preview = format!("{name}-preview");
     let template = baseline_child("Deployment", name)["spec"]["template"].clone();
-    let rollout = json!({"spec": {
-        "replicas": replicas,
-        "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
-        "template": template,
-        "strategy": {"blueGreen": {"activeService": name, "previewService": preview, "autoPromotionEnabled": true}}
-    }});
+    let mut objects = blue_green_app(name, replicas, template, baseline_child("Service", name), json!({}));
     let mut hpa = baseline_child("HorizontalPodAutoscaler", name);
     hpa["spec"]["scaleTargetRef"] =
         json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": name});
-    [
-        (gvk("", "v1", "Service", "services"), name.to_string(), service.clone()),
-        (gvk("", "v1", "Service", "services"), preview.clone(), service),
-        (rollout_resource(), name.to_string(), rollout),
-        (
-            gvk("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-            name.to_string(),
-            hpa,
-        ),
-        (
-            gvk("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-            name.to_string(),
-            baseline_child("PodDisruptionBudget", name),
-        ),
-    ]
-    .into_iter()
-    .map(|(ar, object_name, data)| {
-        let obj = DynamicObject::new(&object_name, &ar).data(data);
-        (ar, obj)
-    })
-    .collect()
+    objects.extend(
+        [
+            (gvk("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"), hpa),
+            (
+                gvk("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+                baseline_child("PodDisruptionBudget", name),
+            ),
+        ]
+        .into_iter()
+        .map(|(ar, data)| {
+            let obj = DynamicObject::new(name, &ar).data(data);
+            (ar, obj)
+        }),
+    );
+    objects
 }
 
 /// How many watched Rollouts satisfy `ok`.
