@@ -639,3 +639,49 @@ fn extra_labels_reach_every_firing_alert_and_replace_the_severity() {
         ],
     );
 }
+
+/// `grpc_server_handled_total{grpc_code="Unavailable"}` of a pod that answered none until minute
+/// 20, then 6 a minute: from then on, 6 % of its 100 calls a minute fail.
+fn failing_from_minute_20(pod: &str) -> Value {
+    let mut series = handled("shop", "order", pod, "Unavailable", 0);
+    series["values"] = json!(format!("0x20 6+6x{}", MINUTES - 21));
+    series
+}
+
+#[test]
+fn a_shorter_rate_window_fires_the_error_alert_sooner_after_failures_start() {
+    let pod = "order-6d4cf56db6-x2x9k";
+    let series = || vec![handled("shop", "order", pod, "OK", 94), failing_from_minute_20(pod)];
+    let unavailable = |value: &str| {
+        firing(
+            labels("critical", json!({"namespace": "shop", "grpc_code": "Unavailable"})),
+            "more than 5% of order's gRPC calls end with Unavailable",
+            value,
+        )
+    };
+    // Over two minutes the ratio crosses 5 % one minute after the failures start: firing
+    // (`for: 1m`) at minute 23.
+    let two_minutes = rule_file(&order(json!({"errorRatioFor": "1m", "rateWindow": "2m"}), Value::Null));
+    promtool_passes(
+        "rate-window-2m",
+        &two_minutes,
+        vec![
+            Scenario::new("6% Unavailable from minute 20, rates over 2m", series())
+                .expect(22, "GrpcErrorRatioHigh", vec![])
+                .expect(23, "GrpcErrorRatioHigh", vec![unavailable("0.06")]),
+        ],
+    );
+    // Over the default five minutes the healthy minutes before weigh in: still quiet at minute 24,
+    // firing from minute 26.
+    let five_minutes = rule_file(&order(json!({"errorRatioFor": "1m"}), Value::Null));
+    promtool_passes(
+        "rate-window-default",
+        &five_minutes,
+        vec![
+            Scenario::new("6% Unavailable from minute 20, rates over 5m", series())
+                .expect(23, "GrpcErrorRatioHigh", vec![])
+                .expect(25, "GrpcErrorRatioHigh", vec![])
+                .expect(26, "GrpcErrorRatioHigh", vec![unavailable("0.06")]),
+        ],
+    );
+}

@@ -322,12 +322,16 @@ async fn wait_for_alert(
 }
 
 /// The shop with fault injection allowed on inventory, and inventory's alerts
-/// set to fire after 5 s (`for`), labelled `team: shop`, plus `extra` settings.
+/// set to fire after 5 s (`for`) on rates over one minute, labelled
+/// `team: shop`, plus `extra` settings. Over the default five minutes, the
+/// error ratio would average in the healthy minutes before a fault: it crossed
+/// 5 % after 120 s in one run and did not within 240 s in another.
 async fn shop_with_fast_alerts(ctx: &TestContext, extra: Value) -> tools::HelmRelease {
     let options = ShopOptions { inventory_fault_injection: true, ..ShopOptions::default() };
     let release = monitored_shop(ctx, &options).await;
     let mut alerts = json!({
         "latencyFor": "5s", "errorRatioFor": "5s", "podsNotReadyFor": "5s", "maxReplicasFor": "5s",
+        "rateWindow": "1m",
         "labels": {"team": "shop"}
     });
     for (key, value) in extra.as_object().into_iter().flatten() {

@@ -495,6 +495,15 @@ pub struct AlertsSpec {
         regex(pattern = r"^([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$")
     )]
     pub error_ratio_for: Option<String>,
+    /// The window the latency and error-ratio alerts take their rates over (default `5m`). A
+    /// shorter window notices a change sooner and is noisier; keep it at least four scrape
+    /// intervals long, or the rates have too few samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 2, max = 16),
+        regex(pattern = r"^([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$")
+    )]
+    pub rate_window: Option<String>,
     /// How long a pod may stay not ready before `PodsNotReady` fires (default `15m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(

@@ -28,8 +28,8 @@ pub const DEFAULT_ERROR_RATIO_FOR: &str = "5m";
 pub const DEFAULT_PODS_NOT_READY_FOR: &str = "15m";
 /// Default `for` of the autoscaler-at-max alert.
 pub const DEFAULT_MAX_REPLICAS_FOR: &str = "15m";
-/// The window the rates are taken over.
-pub const RATE_WINDOW: &str = "5m";
+/// Default window the latency and error rates are taken over.
+pub const DEFAULT_RATE_WINDOW: &str = "5m";
 /// gRPC codes counted as errors by default: failures of the server, not answers to bad requests.
 pub const DEFAULT_ERROR_CODES: [GrpcCode; 6] = [
     GrpcCode::Unknown,
@@ -109,13 +109,14 @@ pub fn prometheus_rule(ms: &MicroService) -> Option<DynamicObject> {
     let name = meta.name.clone().unwrap_or_default();
     let ns = meta.namespace.clone().unwrap_or_default();
     let grpc = format!(r#"namespace="{ns}",service="{name}""#);
+    let window = alerts.rate_window.as_deref().unwrap_or(DEFAULT_RATE_WINDOW);
 
     let latency_ms = alerts.latency_p99_threshold_ms.unwrap_or(DEFAULT_LATENCY_P99_MS);
     let latency = alert(
         ms,
         "GrpcLatencyHigh",
         format!(
-            "histogram_quantile(0.99, sum by (namespace, le) (rate(grpc_server_handling_seconds_bucket{{{grpc}}}[{RATE_WINDOW}]))) > {}",
+            "histogram_quantile(0.99, sum by (namespace, le) (rate(grpc_server_handling_seconds_bucket{{{grpc}}}[{window}]))) > {}",
             number(f64::from(latency_ms) / 1000.0)
         ),
         alerts.latency_for.as_deref().unwrap_or(DEFAULT_LATENCY_FOR),
@@ -137,7 +138,7 @@ pub fn prometheus_rule(ms: &MicroService) -> Option<DynamicObject> {
         ms,
         "GrpcErrorRatioHigh",
         format!(
-            r#"sum by (namespace, grpc_code) (rate(grpc_server_handled_total{{{grpc},grpc_code=~"{codes}"}}[{RATE_WINDOW}])) / ignoring (grpc_code) group_left sum by (namespace) (rate(grpc_server_handled_total{{{grpc}}}[{RATE_WINDOW}])) > {}"#,
+            r#"sum by (namespace, grpc_code) (rate(grpc_server_handled_total{{{grpc},grpc_code=~"{codes}"}}[{window}])) / ignoring (grpc_code) group_left sum by (namespace) (rate(grpc_server_handled_total{{{grpc}}}[{window}])) > {}"#,
             number(ratio)
         ),
         alerts.error_ratio_for.as_deref().unwrap_or(DEFAULT_ERROR_RATIO_FOR),
@@ -275,6 +276,20 @@ mod tests {
         assert!(named(&rules, "GrpcErrorRatioHigh")["expr"].as_str().expect("expr").ends_with("> 0.01"));
         assert_eq!(named(&rules, "GrpcErrorRatioHigh")["for"], "1m");
         assert_eq!(named(&rules, "PodsNotReady")["for"], "30m");
+    }
+
+    #[test]
+    fn the_latency_and_error_rates_are_taken_over_five_minutes_unless_the_spec_names_a_window() {
+        let windows = |alerts: Value| {
+            let rule = prometheus_rule(&with_alerts(alerts)).expect("rule");
+            let rules = rules(&rule);
+            ["GrpcLatencyHigh", "GrpcErrorRatioHigh"].map(|alert| {
+                let expr = named(&rules, alert)["expr"].as_str().expect("expr").to_string();
+                (expr.matches("[5m]").count(), expr.matches("[1m]").count())
+            })
+        };
+        assert_eq!(windows(json!({})), [(1, 0), (2, 0)]);
+        assert_eq!(windows(json!({"rateWindow": "1m"})), [(0, 1), (0, 2)]);
     }
 
     #[test]
