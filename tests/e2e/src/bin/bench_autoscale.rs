@@ -101,7 +101,12 @@ async fn round(
     let options = ShopOptions { inventory_fault_injection: true, ..ShopOptions::default() };
     let _release = autoscale::deploy_shop(ctx, release, &options, &scaler).await;
     autoscale::inject_deduct_stock_delay(ctx, params.delay_ms).await.unwrap_or_else(|e| panic!("{e}"));
-    let (idle_metric, _) = scaler.wait_idle(ctx).await;
+    let unit = match scaler.target {
+        Target::CpuPercent(_) => "% CPU",
+        Target::LatencyP99Ms(_) => " ms p99",
+    };
+    let (idle, _) = scaler.wait_idle(ctx).await;
+    let idle_metric = format!("{idle}{unit}");
     eprintln!(
         "[bench] {name}: delay in effect; idle at {MIN_REPLICAS} pods, metric {idle_metric}; load starts"
     );
@@ -121,7 +126,7 @@ async fn round(
         if r.until_desired.is_none() && desired > MIN_REPLICAS {
             r.until_desired = Some(now);
             r.first_desired = desired;
-            r.metric_at_desired = hpa.as_ref().and_then(|h| scaler.metric(h));
+            r.metric_at_desired = hpa.as_ref().and_then(|h| scaler.metric(h)).map(|m| format!("{m}{unit}"));
             eprintln!("[bench] {name}: {:.0} s {}", now.as_secs_f64(), scaler.state(ctx).await);
         }
         if r.until_ready.is_none() && r.until_desired.is_some() && ready >= r.first_desired {
