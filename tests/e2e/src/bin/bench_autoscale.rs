@@ -106,7 +106,7 @@ async fn round(
         Target::LatencyP99Ms(_) => " ms p99",
     };
     let (idle, _) = scaler.wait_idle(ctx).await;
-    let idle_metric = format!("{idle}{unit}");
+    let idle_metric = format!("{}{unit}", quantity(&idle));
     eprintln!(
         "[bench] {name}: delay in effect; idle at {MIN_REPLICAS} pods, metric {idle_metric}; load starts"
     );
@@ -126,7 +126,8 @@ async fn round(
         if r.until_desired.is_none() && desired > MIN_REPLICAS {
             r.until_desired = Some(now);
             r.first_desired = desired;
-            r.metric_at_desired = hpa.as_ref().and_then(|h| scaler.metric(h)).map(|m| format!("{m}{unit}"));
+            r.metric_at_desired =
+                hpa.as_ref().and_then(|h| scaler.metric(h)).map(|m| format!("{}{unit}", quantity(&m)));
             eprintln!("[bench] {name}: {:.0} s {}", now.as_secs_f64(), scaler.state(ctx).await);
         }
         if r.until_ready.is_none() && r.until_desired.is_some() && ready >= r.first_desired {
@@ -145,6 +146,14 @@ fn first_breach(load: &LoadReport, target: Duration) -> Option<Duration> {
     (0..=seconds).map(Duration::from_secs).find(|from| {
         load.latency_quantile(*from, *from + Duration::from_secs(1), 0.99).is_some_and(|p99| p99 > target)
     })
+}
+
+/// A Kubernetes quantity as a plain number: `497479m` → `497.5`; others as they are.
+fn quantity(q: &str) -> String {
+    match q.strip_suffix('m').and_then(|n| n.parse::<f64>().ok()) {
+        Some(milli) => format!("{:.1}", milli / 1000.0),
+        None => q.to_string(),
+    }
 }
 
 fn seconds(d: Option<Duration>) -> String {
@@ -214,5 +223,32 @@ fn print_report(rounds: &[Round], p: Params) {
                 failure.message
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_milli_quantity_reads_as_a_plain_number_and_others_unchanged() {
+        assert_eq!(quantity("497479m"), "497.5");
+        assert_eq!(quantity("495m"), "0.5");
+        assert_eq!(quantity("143"), "143");
+    }
+
+    #[test]
+    fn the_breach_is_the_first_second_whose_p99_is_above_the_target() {
+        let load = LoadReport {
+            latencies: vec![
+                (Duration::from_millis(100), Duration::from_millis(20)),
+                (Duration::from_millis(1500), Duration::from_millis(30)),
+                (Duration::from_millis(2200), Duration::from_millis(450)),
+            ],
+            send_window: Duration::from_secs(3),
+            ..LoadReport::default()
+        };
+        assert_eq!(first_breach(&load, Duration::from_millis(200)), Some(Duration::from_secs(2)));
+        assert_eq!(first_breach(&load, Duration::from_millis(500)), None);
     }
 }
