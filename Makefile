@@ -24,13 +24,17 @@ demo-down: ## Remove the demo's shop and chart; stop the cluster only if `make d
 	tests/e2e/demo.sh down
 
 .PHONY: test
-test: deps lint generated-check unit test-e2e ## The one test command: installs what it needs, fmt, clippy, generated files, unit tests, e2e on kwok and on kind
+test: deps warm lint generated-check unit test-e2e ## The one test command: installs what it needs, fmt, clippy, generated files, unit tests, e2e on kwok and on kind
 
 .PHONY: deps
 deps: ## Install the Debian packages the tests need (apt-get; as root), when missing
 	tests/e2e/install-deps.sh
 
 ## ---- pieces of `make test` ---------------------------------------------------
+.PHONY: warm
+warm: ## Start the Go builds the later steps need in the background at nice 19 (tests/e2e/warm.sh; log in target/warm.log)
+	tests/e2e/warm.sh start
+
 SCRIPTS := $(CLUSTER)/*.sh tests/e2e/*.sh tests/e2e/kind/*.sh tests/e2e/kind/runc-without-sys-resource \
   tests/e2e/kind/node/iptables-wrapper tests/e2e/kind/node/files/usr/local/bin/ferry-entrypoint \
   tests/e2e/images/*.sh tests/e2e/monitoring/*.sh tests/e2e/monitoring/*/*.sh tests/e2e/argo-rollouts/*.sh \

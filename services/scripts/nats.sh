@@ -47,7 +47,7 @@ running() {
 }
 
 up() {
-  build
+  "$0" build
   if running; then
     log "already running"
     cat "$state/url"
@@ -94,7 +94,14 @@ down() {
 }
 
 case "${1:-}" in
-  build) build ;;
+  build)
+    # One build at a time (tests/e2e/warm.sh may be building it in the background).
+    mkdir -p "$cache/locks"
+    (
+      flock 9
+      build
+    ) 9>"$cache/locks/nats-server.lock"
+    ;;
   path) echo "$bin" ;;
   up) up ;;
   down) down ;;

@@ -90,11 +90,17 @@ if [[ ${started:-0} == 1 ]]; then
   trap - EXIT
 fi
 echo "[e2e] phase 3: real pods on kind; building the images (no Docker build, nothing pulled)"
+# Dev-profile images and test binaries (dependencies optimised, Cargo.toml):
+# the unit tests built them already, and a second, release compile of every
+# dependency was the cold run's largest Rust cost. Benchmarks build release.
+export FERRY_IMAGE_PROFILE="${FERRY_IMAGE_PROFILE:-dev}"
 tests/e2e/images/build.sh >/dev/null
-cargo test --release --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring \
+cargo test --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring \
   --test latency_autoscaling --no-run
 tests/e2e/monitoring/images.sh >/dev/null
 tests/e2e/monitoring/images.sh keda >/dev/null
+# The background Go builds of `make test` (warm.sh) end before the timed tests.
+tests/e2e/warm.sh wait
 kind_started=0
 [[ -f "$ROOT/target/kind/env" ]] || kind_started=1
 if [[ $kind_started == 1 ]]; then trap '"$KIND" down' EXIT; fi
@@ -112,7 +118,7 @@ in_node() { # test-file [args]
   shift
   timeout "${REAL_PODS_TIMEOUT:-1800}" "$KIND" netns env KUBECONFIG="$KIND_NODE_KUBECONFIG" FERRY_REAL_PODS=1 \
     FERRY_POSTGRES_HOST="$FERRY_POSTGRES_HOST" FERRY_POSTGRES_PORT="$FERRY_POSTGRES_PORT" \
-    cargo test --release --locked -p ferry-e2e --test "$file" -- --ignored --test-threads=1 --show-output "$@"
+    cargo test --locked -p ferry-e2e --test "$file" -- --ignored --test-threads=1 --show-output "$@"
 }
 in_node real_node "$@"
 

@@ -121,5 +121,5 @@ build_coredns() { go_install coredns "$COREDNS_VERSION" "" github.com/coredns/co
 
 components=("$@")
 [[ ${#components[@]} -gt 0 ]] || components=(etcd kwok helm kubernetes)
-for c in "${components[@]}"; do "build_$c"; done
+for c in "${components[@]}"; do locked "$c" "build_$c"; done
 link_bins

@@ -11,6 +11,9 @@
 # The pause image is Kubernetes' own pause.c, built static.
 #
 # Usage: build.sh   (IMAGE_TAG=dev by default, as `make images`)
+#   FERRY_IMAGE_PROFILE=release (default) or dev: the cargo profile of the
+#   binaries. `make test` uses dev (its unit tests have built them already, with
+#   optimised dependencies); the demo and the benchmarks use release.
 # Progress goes to stderr; the archives end up in target/images/.
 set -euo pipefail
 
@@ -18,6 +21,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 # shellcheck source=SCRIPTDIR/../cluster/versions.env
 source "$HERE/../cluster/versions.env"
+# shellcheck source=SCRIPTDIR/../cluster/lib.sh
+source "$HERE/../cluster/lib.sh"
 
 IMAGE_TAG="${IMAGE_TAG:-dev}"
 OUT="$ROOT/target/images"
@@ -31,13 +36,14 @@ die() { printf '[images] error: %s\n' "$*" >&2; exit 1; }
 cd "$ROOT"
 mkdir -p "$OUT/rootfs/etc"
 
-log "building the release binaries"
-cargo build --release --locked \
+case $(image_profile) in release | dev) ;; *) die "FERRY_IMAGE_PROFILE must be release or dev, not $(image_profile)" ;; esac
+profile_dir="$(image_profile_dir)"
+log "building the $(image_profile) binaries"
+cargo build --profile "$(image_profile)" --locked \
   -p ferry-operator --bin operator \
   -p order-service --bin order-service \
   -p inventory-service --bin inventory-service
-cargo build --release --locked -p ferry-e2e --bin oci_image
-oci_image="$ROOT/target/release/oci_image"
+oci_image="$(oci_image_bin)"
 
 # The pause source ships inside the kubernetes module; the cluster build has
 # downloaded it already, so this is normally a cache hit.
@@ -84,14 +90,14 @@ if [[ -n "$app_version" && "$app_version" != "$IMAGE_TAG" ]]; then
 fi
 image operator.tar "${operator_names[@]}" "${base[@]}" \
   --entrypoint /usr/local/bin/operator --user 65532:65532 --expose 8080 \
-  --add target/release/operator:/usr/local/bin/operator
+  --add "target/$profile_dir/operator:/usr/local/bin/operator"
 
 for svc in order-service inventory-service; do
   image "$svc.tar" --name "docker.io/ferry/$svc:$IMAGE_TAG" "${base[@]}" \
     --entrypoint "/usr/local/bin/$svc" --user 65532:65532 \
     --env DATA_DIR=/data --env GRPC_ADDR=0.0.0.0:50051 --env METRICS_ADDR=0.0.0.0:9090 \
     --expose 50051 --expose 9090 \
-    --add "target/release/$svc:/usr/local/bin/$svc"
+    --add "target/$profile_dir/$svc:/usr/local/bin/$svc"
 done
 
 printf '%-6s %-60s %s\n' SIZE NAMES FILE

@@ -21,6 +21,8 @@ ROOT="$(cd "$HERE/../../.." && pwd)"
 OUT="$ROOT/target/images"
 ARCHIVE="$OUT/nats-server.tar"
 NATS="$ROOT/services/scripts/nats.sh"
+# shellcheck source=SCRIPTDIR/../cluster/lib.sh
+source "$HERE/../cluster/lib.sh"
 
 log() { printf '[nats-image] %s\n' "$*" >&2; }
 
@@ -33,13 +35,14 @@ build() {
   version="$(basename "$(dirname "$bin")")"
   version="${version#nats-server-}"
   log "building oci_image"
-  cargo build --release --locked -p ferry-e2e --bin oci_image
+  local oci_image
+  oci_image="$(oci_image_bin)"
   mkdir -p "$OUT/rootfs/nats/etc"
   printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' \
     'nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin' >"$OUT/rootfs/nats/etc/passwd"
   printf '%s\n' 'root:x:0:' 'nobody:x:65534:' >"$OUT/rootfs/nats/etc/group"
   log "writing $ARCHIVE (ferry.local/nats-server:$version)"
-  "$ROOT/target/release/oci_image" --out "$ARCHIVE" --name "ferry.local/nats-server:$version" \
+  "$oci_image" --out "$ARCHIVE" --name "ferry.local/nats-server:$version" \
     --user 65534:65534 --entrypoint /nats-server --expose 4222 --expose 8222 \
     --add "$bin:/nats-server" \
     --add "$OUT/rootfs/nats/etc/passwd:/etc/passwd" --add "$OUT/rootfs/nats/etc/group:/etc/group" >/dev/null

@@ -152,15 +152,19 @@ YAML
         imageTag: "${ETCD_VERSION#v}"
 YAML
     fi
-    if [[ ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
-      cat <<YAML
-  # This host runs cgroup v1, which kubelet 1.36 refuses unless told otherwise.
+    # syncFrequency: a changed ConfigMap reaches the pods' mounted files on
+    # the kubelet's next pod sync, up to a minute later by default; the tests
+    # change the services' fault settings that way and wait for them to apply.
+    cat <<YAML
   - |
     kind: KubeletConfiguration
+    syncFrequency: 10s
+YAML
+    if [[ ! -f /sys/fs/cgroup/cgroup.controllers ]]; then
+      cat <<YAML
+    # This host runs cgroup v1, which kubelet 1.36 refuses unless told otherwise.
     failCgroupV1: false
 YAML
-    else
-      echo "  []"
     fi
   } >"$KIND_DIR/kind-config.yaml"
 }

@@ -211,6 +211,6 @@ for c in "${components[@]}"; do
 done
 for c in "${components[@]}"; do
   started=$(date +%s)
-  "build_$c"
+  locked "$c" "build_$c"
   log "$c ready ($(($(date +%s) - started))s)"
 done

@@ -50,8 +50,7 @@ esac
 bin() { "$HERE/build.sh" path "$1"; }
 
 log "building oci_image"
-cargo build --release --locked -p ferry-e2e --bin oci_image
-oci_image="$ROOT/target/release/oci_image"
+oci_image="$(oci_image_bin)"
 
 prometheus_release="v$(cat "$(module_dir "github.com/prometheus/prometheus@$PROMETHEUS_VERSION")/VERSION")"
 

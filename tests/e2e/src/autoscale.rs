@@ -364,7 +364,7 @@ pub async fn inject_deduct_stock_delay(ctx: &TestContext, delay_ms: u64) -> Resu
     shop::set_inventory_faults(ctx, &[shop::inventory_fault("DeductStock", delay_ms, 0.0)]);
     let delay = Duration::from_millis(delay_ms);
     let write = shop::token("inventory:write");
-    // The kubelet updates the mounted ConfigMap within its sync period (about a minute).
+    // The kubelet updates the mounted ConfigMap within its sync period (10 s on kind.sh's node).
     wait_until("every inventory pod delaying DeductStock", Duration::from_secs(180), || async {
         let pods = shop::inventory_pods(ctx).await;
         if pods.is_empty() {

@@ -313,9 +313,10 @@ pub fn inventory_fault(method: &str, delay_ms: u64, error_ratio: f64) -> String 
 
 /// Sets inventory's `faults:` in its ConfigMap (`{}` with no `faults`:
 /// faults off). The pods reload it without a restart once the kubelet has
-/// updated the mounted file (its sync period, up to about a minute) and the
-/// service's next poll; needs [`ShopOptions::inventory_fault_injection`], or
-/// the service rejects the new file and keeps the old one.
+/// updated the mounted file (its sync period: 10 s on kind.sh's node, a minute
+/// by default) and the service's next poll; needs
+/// [`ShopOptions::inventory_fault_injection`], or the service rejects the new
+/// file and keeps the old one.
 pub fn set_inventory_faults(ctx: &TestContext, faults: &[String]) {
     let config = tools::run_ok(
         "kubectl",
