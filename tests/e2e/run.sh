@@ -95,17 +95,19 @@ echo "[e2e] phase 3: real pods on kind; building the images (no Docker build, no
 # dependency was the cold run's largest Rust cost. Benchmarks build release.
 export FERRY_IMAGE_PROFILE="${FERRY_IMAGE_PROFILE:-dev}"
 tests/e2e/images/build.sh >/dev/null
-cargo test --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring \
-  --test latency_autoscaling --no-run
-tests/e2e/monitoring/images.sh >/dev/null
-tests/e2e/monitoring/images.sh keda >/dev/null
-# The background Go builds of `make test` (warm.sh) end before the timed tests.
-tests/e2e/warm.sh wait
+# kind comes up while the background Go builds (warm.sh) finish the
+# monitoring stack and KEDA: its node image and start are mostly I/O.
 kind_started=0
 [[ -f "$ROOT/target/kind/env" ]] || kind_started=1
 if [[ $kind_started == 1 ]]; then trap '"$KIND" down' EXIT; fi
 "$KIND" up >/dev/null
 "$KIND" load
+cargo test --locked -p ferry-e2e --test real_node --test events --test autoscaling --test monitoring \
+  --test latency_autoscaling --no-run
+tests/e2e/monitoring/images.sh >/dev/null
+tests/e2e/monitoring/images.sh keda >/dev/null
+# The background Go builds end before the timed tests.
+tests/e2e/warm.sh wait
 # shellcheck source=/dev/null # written by kind.sh up
 source "$ROOT/target/kind/env"
 kubectl --kubeconfig "$KIND_KUBECONFIG" apply -f crds/ >/dev/null

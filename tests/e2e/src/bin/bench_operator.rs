@@ -10,8 +10,10 @@
 //! `apiserver_request_total`, restricted to the kinds the operator manages,
 //! plus the operator's own write counter); and HTTP 429s during the round.
 //! Also printed, to read those numbers against: what one write costs the
-//! apiserver on the idle cluster, the no-operator baseline, CPU seconds per
-//! process, and every API request made from the first create to convergence.
+//! apiserver on the idle cluster, the no-operator floor (the same children
+//! applied directly, until every Deployment is Available: what
+//! kube-controller-manager and kwok need anyway), CPU seconds per process, and
+//! every API request made from the first create to convergence.
 //!
 //! With `ARGO_ROLLOUTS_BIN` set (the Makefile builds it), each size also runs an Argo
 //! Rollouts round right after Ferry's ([`argo`]), and the two are printed side by side.
@@ -26,7 +28,7 @@ use std::{
 
 use ferry_e2e::{OperatorProcess, PAUSE_IMAGE, microservice_resource, unique_suffix, wait_until};
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
 use kube::{
     Api, Client,
     api::{
@@ -81,7 +83,7 @@ async fn main() {
     let mut argo_rounds = Vec::new();
     let argo_bin = argo::binary();
     for (i, n) in sizes.into_iter().enumerate() {
-        baselines.push((n, baseline(&client, n).await));
+        baselines.push(baseline(&client, n).await);
         rounds.push(round(&client, n, Duration::from_secs(idle), 18090 + i as u16).await);
         if let Some(bin) = &argo_bin {
             let replicas = bench_spec()["autoscaling"]["minReplicas"].as_i64().unwrap_or(1);
@@ -90,7 +92,7 @@ async fn main() {
             );
         }
     }
-    print_side_by_side(&rounds, &argo_rounds, idle);
+    print_side_by_side(&rounds, &argo_rounds, &baselines, idle);
     println!();
     println!(
         "Apiserver CPU per write on the idle cluster ({WRITES_PER_KIND} sequential writes of each kind, one connection):"
@@ -104,10 +106,18 @@ async fn main() {
     println!(
         "Baseline, no operator: the same children (Deployment, Service, HPA, PDB, ServiceMonitor) applied directly, 16 objects' children in flight"
     );
-    println!("| objects | all children exist after | CPU seconds (process: s) |");
-    println!("|---:|---:|---|");
-    for (n, (took, cpu)) in &baselines {
-        println!("| {n} | {:.1} s | {} |", took.as_secs_f64(), cpu_line(cpu));
+    println!(
+        "| objects | all children exist after | every Deployment Available after | CPU seconds to Available (process: s) |"
+    );
+    println!("|---:|---:|---:|---|");
+    for f in &baselines {
+        println!(
+            "| {} | {:.1} s | {:.1} s | {} |",
+            f.n,
+            f.applied.as_secs_f64(),
+            f.ready.as_secs_f64(),
+            cpu_line(&f.cpu)
+        );
     }
     println!();
     println!("CPU seconds from the first create to convergence, per process:");
@@ -262,24 +272,26 @@ async fn round(client: &Client, n: usize, idle: Duration, metrics_port: u16) -> 
 }
 
 /// Ferry and Argo Rollouts, size by size: the same applications on the same apiserver.
-fn print_side_by_side(ferry: &[Round], argo: &[argo::ArgoRound], idle: u64) {
+fn print_side_by_side(ferry: &[Round], argo: &[argo::ArgoRound], floors: &[Floor], idle: u64) {
     if argo.is_empty() {
         return;
     }
     let ratio = |f: f64, a: f64| if a > 0.0 { format!("{:.2}", f / a) } else { "-".into() };
     println!();
     println!(
-        "Ferry vs Argo Rollouts (rollouts-controller), same apiserver, one after the other; ratio = Ferry / Argo:"
+        "Ferry vs Argo Rollouts (rollouts-controller), same apiserver, one after the other; ratio = Ferry / Argo; \
+         floor = the children applied with no controller, until every Deployment is Available:"
     );
     println!(
-        "| apps | create (client) Ferry / Argo | all reconciled Ferry / Argo | all Ready Ferry / Argo (ratio) | controller CPU s to all Ready Ferry / Argo (ratio) | peak RSS Ferry / Argo (ratio) |"
+        "| apps | create (client) Ferry / Argo | all reconciled Ferry / Argo | all Ready Ferry / Argo (ratio) | floor (Ferry / floor) | controller CPU s to all Ready Ferry / Argo (ratio) | peak RSS Ferry / Argo (ratio) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for a in argo {
         let Some(f) = ferry.iter().find(|f| f.n == a.n) else { continue };
+        let floor = floors.iter().find(|b| b.n == a.n).map_or(0.0, |b| b.ready.as_secs_f64());
         let (f_rss, a_rss) = (f.peak_rss_kib as f64 / 1024.0, a.peak_rss_kib as f64 / 1024.0);
         println!(
-            "| {} | {:.1} s / {:.1} s | {:.1} s / {:.1} s | {:.1} s / {:.1} s ({}) | {:.1} / {:.1} ({}) | {:.1} MiB / {:.1} MiB ({}) |",
+            "| {} | {:.1} s / {:.1} s | {:.1} s / {:.1} s | {:.1} s / {:.1} s ({}) | {:.1} s ({}) | {:.1} / {:.1} ({}) | {:.1} MiB / {:.1} MiB ({}) |",
             a.n,
             f.create.as_secs_f64(),
             a.create.as_secs_f64(),
@@ -288,6 +300,8 @@ fn print_side_by_side(ferry: &[Round], argo: &[argo::ArgoRound], idle: u64) {
             f.available.as_secs_f64(),
             a.healthy.as_secs_f64(),
             ratio(f.available.as_secs_f64(), a.healthy.as_secs_f64()),
+            floor,
+            ratio(f.available.as_secs_f64(), floor),
             f.operator_cpu_available,
             a.controller_cpu(),
             ratio(f.operator_cpu_available, a.controller_cpu()),
@@ -482,7 +496,20 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
 /// children a MicroService would get (similar objects, no owner) with the same
 /// concurrency as the MicroService creates, each object's children in sequence.
 /// Returns the time until every child exists and the CPU seconds spent.
-async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>) {
+/// The floor of a round of `n`: the children one MicroService produces, applied directly by
+/// the client with no controller, and how long kube-controller-manager and kwok then take
+/// to make every Deployment Available. No operator can be faster than this on this cluster.
+struct Floor {
+    n: usize,
+    /// Until every child exists (the client's applies, 16 applications at a time).
+    applied: Duration,
+    /// Until every Deployment is Available with its current generation observed.
+    ready: Duration,
+    /// CPU seconds per cluster process from the first apply to all Ready.
+    cpu: BTreeMap<String, f64>,
+}
+
+async fn baseline(client: &Client, n: usize) -> Floor {
     let ns = format!("bench-base-{n}-{}", unique_suffix());
     create_namespace(client, &ns).await;
     let kinds = [
@@ -492,6 +519,7 @@ async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>
         ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
         ("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors"),
     ];
+    let deployments = watch_deployments(client, &ns);
     let cpu_before = cpu_seconds(None);
     let start = Instant::now();
     stream::iter(0..n)
@@ -522,11 +550,39 @@ async fn baseline(client: &Client, n: usize) -> (Duration, BTreeMap<String, f64>
             }
         })
         .await;
-    let took = start.elapsed();
+    let applied = start.elapsed();
+    eprintln!("[bench] baseline {n}: children applied in {:.1} s", applied.as_secs_f64());
+    wait_until("every baseline Deployment Available", Duration::from_secs(900), || async {
+        (deployments.state().iter().filter(|d| deployment_available(d)).count() == n).then_some(())
+    })
+    .await
+    .expect("every baseline Deployment Available");
+    let ready = start.elapsed();
     let cpu = cpu_delta(&cpu_before, &cpu_seconds(None));
+    eprintln!("[bench] baseline {n}: every Deployment Available after {:.1} s", ready.as_secs_f64());
     delete_namespace(client, &ns).await;
-    eprintln!("[bench] baseline {n}: children applied in {:.1} s", took.as_secs_f64());
-    (took, cpu)
+    Floor { n, applied, ready, cpu }
+}
+
+/// Deployments of `ns`, kept by a watch (not list polling, which loads the apiserver measured).
+fn watch_deployments(client: &Client, ns: &str) -> Store<Deployment> {
+    let writer = reflector::store::Writer::default();
+    let reader = writer.as_reader();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    tokio::spawn(
+        watcher(api, watcher::Config::default()).default_backoff().reflect(writer).for_each(|_| async {}),
+    );
+    reader
+}
+
+/// Available as `kubectl rollout status` sees it: the current generation observed, every
+/// replica updated and available.
+fn deployment_available(d: &Deployment) -> bool {
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
+    let replicas = spec.replicas.unwrap_or(1);
+    status.observed_generation == d.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= replicas
+        && status.available_replicas.unwrap_or(0) >= replicas
 }
 
 /// The body of one baseline child, shaped like the operator's.
