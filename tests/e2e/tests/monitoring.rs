@@ -13,7 +13,7 @@
 //! ```sh
 //! tests/e2e/kind/kind.sh netns env KUBECONFIG=$KIND_NODE_KUBECONFIG FERRY_REAL_PODS=1 \
 //!   FERRY_POSTGRES_HOST=$FERRY_POSTGRES_HOST FERRY_POSTGRES_PORT=$FERRY_POSTGRES_PORT \
-//!   cargo test --release -p ferry-e2e --test monitoring -- --ignored --test-threads=1
+//!   cargo test -p ferry-e2e --test monitoring -- --ignored --test-threads=1
 //! ```
 
 use std::{
