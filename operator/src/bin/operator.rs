@@ -39,8 +39,9 @@ struct Args {
     #[arg(long, env = "FERRY_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
     /// Milliseconds of quiet before a MicroService is reconciled: a burst of events (a child created,
-    /// its status updated twice) becomes one reconcile. 0 turns it off.
-    #[arg(long, env = "FERRY_DEBOUNCE_MS", default_value_t = 100)]
+    /// its status updated twice) becomes one reconcile. It also delays every promotion's switch by
+    /// as much, so it is kept short (operator/BENCHMARKS.md, bench-rollout). 0 turns it off.
+    #[arg(long, env = "FERRY_DEBOUNCE_MS", default_value_t = 20)]
     debounce_ms: u64,
     /// Watch this namespace only (default: all namespaces).
     #[arg(long, env = "FERRY_NAMESPACE")]
