@@ -498,7 +498,8 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
 /// Returns the time until every child exists and the CPU seconds spent.
 /// The floor of a round of `n`: the children one MicroService produces, applied directly by
 /// the client with no controller, and how long kube-controller-manager and kwok then take
-/// to make every Deployment Available. No operator can be faster than this on this cluster.
+/// to make every Deployment Available. No controller that writes Deployments can be faster on
+/// this cluster (Argo Rollouts writes ReplicaSets itself and can: operator/BENCHMARKS.md).
 struct Floor {
     n: usize,
     /// Until every child exists (the client's applies, 16 applications at a time).
