@@ -40,10 +40,8 @@ struct Args {
     concurrency: u16,
     /// Milliseconds of quiet before a MicroService is reconciled: a burst of events (a child created,
     /// its status updated twice) becomes one reconcile. It also delays every promotion's switch by
-    /// as much (operator/BENCHMARKS.md, bench-rollout). It stays at 100 until a reconcile waits for
-    /// every child cache it reads: at 20 ms a restarted operator re-applied a PrometheusRule whose
-    /// cache had not filled yet. 0 turns it off.
-    #[arg(long, env = "FERRY_DEBOUNCE_MS", default_value_t = 100)]
+    /// as much (operator/BENCHMARKS.md, bench-rollout). 0 turns it off.
+    #[arg(long, env = "FERRY_DEBOUNCE_MS", default_value_t = 20)]
     debounce_ms: u64,
     /// Watch this namespace only (default: all namespaces).
     #[arg(long, env = "FERRY_NAMESPACE")]

@@ -12,6 +12,7 @@ use futures::channel::mpsc;
 use http::{Method, Request, Response, StatusCode};
 use kube::{
     Client, Resource,
+    api::{ApiResource, DynamicObject, PartialObjectMeta},
     client::Body,
     runtime::{
         events::{Recorder, Reporter},
@@ -151,37 +152,75 @@ fn cloned<K: Clone>(o: &Option<Arc<K>>) -> Vec<K> {
     o.iter().map(|a| a.as_ref().clone()).collect()
 }
 
-/// Caches holding what `observed` says, all of them ready.
-fn stores(observed: &Observed) -> Stores {
+/// The cache of an optional CRD's children: holding `objects` when the CRD is `served`, never
+/// ready otherwise (as in the operator, whose watch starts once the CRD is served).
+fn optional_store(
+    resource: ApiResource,
+    served: bool,
+    objects: impl IntoIterator<Item = PartialObjectMeta<DynamicObject>>,
+) -> Store<PartialObjectMeta<DynamicObject>> {
+    let mut writer = Writer::new(resource);
+    if served {
+        filled(&mut writer, objects);
+    }
+    writer.as_reader()
+}
+
+/// A cache of `kind` that has not finished its first list yet (right after a start), and its
+/// writer, which must live as long as the cache is read (a dropped writer fails the wait).
+pub fn still_filling<K>(kind: K::DynamicType) -> (Store<K>, Box<dyn std::any::Any>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let writer = Writer::new(kind);
+    (writer.as_reader(), Box::new(writer))
+}
+
+/// Caches holding what `observed` says, ready but for those of CRDs that are not served.
+pub fn stores(observed: &Observed) -> Stores {
     let deployments =
         cloned(&observed.deployment).into_iter().chain(observed.revisions.iter().map(|d| d.as_ref().clone()));
     let services = cloned(&observed.service).into_iter().chain(cloned(&observed.preview_service));
     let microservices = std::iter::once(observed.microservice.as_ref().clone())
         .chain(observed.dependencies.values().map(|m| m.as_ref().clone()));
-    let mut monitors = Writer::new(service_monitor::api_resource());
-    filled(&mut monitors, cloned(&observed.service_monitor));
-    let mut rules = Writer::new(prometheus_rule::api_resource());
-    filled(&mut rules, cloned(&observed.prometheus_rule));
-    let mut scalers = Writer::new(scaled_object::api_resource());
-    filled(&mut scalers, cloned(&observed.scaled_object));
+    let served = &observed.crds;
     Stores {
         microservices: store_of(microservices),
         deployments: store_of(deployments),
         services: store_of(services),
         autoscalers: store_of(cloned(&observed.autoscaler)),
         disruption_budgets: store_of(cloned(&observed.disruption_budget)),
-        service_monitors: monitors.as_reader(),
-        prometheus_rules: rules.as_reader(),
-        scaled_objects: scalers.as_reader(),
+        service_monitors: optional_store(
+            service_monitor::api_resource(),
+            served.service_monitors,
+            cloned(&observed.service_monitor),
+        ),
+        prometheus_rules: optional_store(
+            prometheus_rule::api_resource(),
+            served.prometheus_rules,
+            cloned(&observed.prometheus_rule),
+        ),
+        scaled_objects: optional_store(
+            scaled_object::api_resource(),
+            served.scaled_objects,
+            cloned(&observed.scaled_object),
+        ),
     }
 }
 
+/// A fake API server's context, and the receiver of the requeue triggers.
+pub type Mocked =
+    (Arc<Context>, ApiServer, mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<MicroService>>);
+
 /// A context whose client is mocked and whose caches hold `observed`; `leader` says whether it may
 /// write. Returns the fake API server and the receiver of the requeue triggers.
-pub fn context(
-    observed: &Observed,
-    leader: bool,
-) -> (Arc<Context>, ApiServer, mpsc::UnboundedReceiver<kube::runtime::reflector::ObjectRef<MicroService>>) {
+pub fn context(observed: &Observed, leader: bool) -> Mocked {
+    context_with_stores(observed, leader, stores(observed))
+}
+
+/// [`context`] with the caches given.
+pub fn context_with_stores(observed: &Observed, leader: bool, stores: Stores) -> Mocked {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (trigger, triggered) = mpsc::unbounded();
@@ -200,7 +239,7 @@ pub fn context(
         ),
         client,
         metrics: Arc::new(Metrics::default()),
-        stores: stores(observed),
+        stores,
         crds,
         may_write: Arc::new(AtomicBool::new(leader)),
         failures: Mutex::new(HashMap::new()),

@@ -218,14 +218,29 @@ impl Context {
     }
 }
 
-/// Whether the Deployment and Service caches hold their first full list, waiting at most
-/// [`CACHE_WAIT`].
+/// Whether every child cache a reconcile reads holds its first full list, waiting at most
+/// [`CACHE_WAIT`]. An optional CRD's cache counts only while the CRD is served: its watch does not
+/// start before.
 async fn caches_ready(ctx: &Context) -> Result<bool> {
-    let both = async {
-        ctx.stores.deployments.wait_until_ready().await?;
-        ctx.stores.services.wait_until_ready().await
+    let (stores, crds) = (&ctx.stores, &ctx.crds);
+    let optional = [
+        (&crds.service_monitors, &stores.service_monitors),
+        (&crds.prometheus_rules, &stores.prometheus_rules),
+        (&crds.scaled_objects, &stores.scaled_objects),
+    ];
+    let all = async {
+        stores.deployments.wait_until_ready().await?;
+        stores.services.wait_until_ready().await?;
+        stores.autoscalers.wait_until_ready().await?;
+        stores.disruption_budgets.wait_until_ready().await?;
+        for (crd, store) in optional {
+            if crd.served() {
+                store.wait_until_ready().await?;
+            }
+        }
+        Ok(())
     };
-    match tokio::time::timeout(CACHE_WAIT, both).await {
+    match tokio::time::timeout(CACHE_WAIT, all).await {
         Ok(ready) => ready.map(|()| true).map_err(Error::CacheNotReadyError),
         Err(_elapsed) => Ok(false),
     }

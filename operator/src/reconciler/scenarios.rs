@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntr
 
 use ferry_operator_core::{
     crd::MicroService,
+    desired::service_monitor,
     fixtures::{blue_green, converge, converged, order, roll_out},
     keys::{ABORT_ANNOTATION, FIELD_MANAGER},
     plan::{self, Observed, Write},
@@ -21,7 +22,7 @@ use ferry_operator_core::{
 
 use super::{
     Error, Result,
-    fixtures::{ApiServer, Seen, context},
+    fixtures::{self, ApiServer, Seen, context, context_with_stores},
     reconcile,
 };
 
@@ -432,4 +433,42 @@ async fn without_keda_a_latency_target_converges_with_its_condition_and_then_sen
     let (result, seen) = reconcile_once(&observed, true, |s| s).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(lines(&seen), Vec::<String>::new(), "converged: nothing more to write");
+}
+
+/// Right after a (re)start: `filling` is the one child cache still listing.
+async fn reconcile_while_filling(filling: &str) -> (Result<Action>, Vec<Seen>) {
+    let observed = converged_grpc_autoscaled(false, false);
+    let mut stores = fixtures::stores(&observed);
+    let _writer = match filling {
+        "HorizontalPodAutoscaler" => {
+            let (store, writer) = fixtures::still_filling(());
+            stores.autoscalers = store;
+            writer
+        }
+        "PodDisruptionBudget" => {
+            let (store, writer) = fixtures::still_filling(());
+            stores.disruption_budgets = store;
+            writer
+        }
+        "ServiceMonitor" => {
+            let (store, writer) = fixtures::still_filling(service_monitor::api_resource());
+            stores.service_monitors = store;
+            writer
+        }
+        other => panic!("no cache {other}"),
+    };
+    let (ctx, server, _triggers) = context_with_stores(&observed, true, stores);
+    let server = tokio::spawn(server.serve());
+    let result = reconcile(observed.microservice.clone(), ctx.clone()).await;
+    drop(ctx);
+    (result, server.await.expect("the fake API server does not panic"))
+}
+
+#[tokio::test]
+async fn a_reconcile_waits_for_every_child_cache_it_reads_before_it_writes() {
+    for filling in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"] {
+        let (result, seen) = reconcile_while_filling(filling).await;
+        assert_eq!(result.ok(), Some(Action::requeue(super::CACHE_RETRY)), "{filling} filling");
+        assert_eq!(lines(&seen), Vec::<String>::new(), "{filling} filling: nothing is written");
+    }
 }
