@@ -94,20 +94,37 @@ pub fn is_legacy_status(entry: &ManagedFieldsEntry) -> bool {
     entry.manager.as_deref() == Some(FIELD_MANAGER) && entry.subresource.as_deref() == Some("status")
 }
 
-/// Keeps only the operator's own `managedFields` entries: all a cache needs for [`drift`].
+/// Keeps only the operator's own `managedFields` entries, each field set as its JSON text: all a
+/// cache needs for [`drift`].
+///
+/// NB: a parsed `fieldsV1` is a map per field, about 14 times the size of its text
+/// (BENCHMARKS.md: the peak RSS at 1,000 apps before and after); [`owned_fields`] parses the text
+/// when a reconcile reads it.
 pub fn keep_own_fields(meta: &mut ObjectMeta) {
     if let Some(entries) = meta.managed_fields.as_mut() {
         entries.retain(is_own);
+        for fields in entries.iter_mut().filter_map(|e| e.fields_v1.as_mut()) {
+            if !fields.0.is_string() {
+                fields.0 = Value::String(fields.0.to_string());
+            }
+        }
     }
 }
 
 /// The union of the field sets (`fieldsV1`) the operator owns on an object, over its server-side
-/// applies and its merge patches.
+/// applies and its merge patches. A field set kept as text ([`keep_own_fields`]) is parsed; text
+/// that does not parse owns nothing, so the child is applied again.
 pub fn owned_fields(meta: &ObjectMeta) -> Value {
     let mut owned = Value::Object(Map::new());
     for entry in meta.managed_fields.iter().flatten().filter(|e| is_own(e)) {
-        if let Some(fields) = &entry.fields_v1 {
-            merge(&mut owned, &fields.0);
+        match entry.fields_v1.as_ref().map(|f| &f.0) {
+            Some(Value::String(text)) => {
+                if let Ok(fields) = serde_json::from_str::<Value>(text) {
+                    merge(&mut owned, &fields);
+                }
+            }
+            Some(fields) => merge(&mut owned, fields),
+            None => {}
         }
     }
     owned
@@ -434,5 +451,29 @@ mod tests {
         ]);
         keep_own_fields(&mut svc.metadata);
         assert_eq!(svc.metadata.managed_fields.map(|m| m.len()), Some(1));
+    }
+
+    #[test]
+    fn the_cache_keeps_field_sets_as_text_and_drift_reads_them_the_same() {
+        let mut fields = applied_fields();
+        fields["f:spec"].as_object_mut().expect("spec").remove("f:selector");
+        for (fields, expected) in
+            [(applied_fields(), None), (fields, Some(Drift::FieldTaken(".spec.selector".into())))]
+        {
+            let mut svc = observed(vec![(FIELD_MANAGER, None, fields)]);
+            let parsed = owned_fields(&svc.metadata);
+            keep_own_fields(&mut svc.metadata);
+            let kept = &svc.metadata.managed_fields.as_ref().expect("entries")[0];
+            assert!(kept.fields_v1.as_ref().is_some_and(|f| f.0.is_string()), "kept as text");
+            assert_eq!(owned_fields(&svc.metadata), parsed);
+            assert_eq!(drift(&svc, &desired_service()), expected);
+        }
+    }
+
+    #[test]
+    fn a_field_set_whose_text_does_not_parse_owns_nothing() {
+        let svc = observed(vec![(FIELD_MANAGER, None, Value::String("{not json".into()))]);
+        assert_eq!(owned_fields(&svc.metadata), json!({}));
+        assert!(matches!(drift(&svc, &desired_service()), Some(Drift::FieldTaken(_))));
     }
 }
