@@ -12,6 +12,9 @@
 #   APISERVER_PROFILING  true serves kube-apiserver's /debug/pprof (default
 #                    false), to see where its CPU goes under a benchmark; read
 #                    when the apiserver starts, so stop a running cluster first
+#   KCM_API_QPS      kube-controller-manager's client limit, requests/s per
+#                    controller (default: its own, 20; burst 30); KCM_API_BURST
+#                    sets the burst (default twice the limit). Read at start.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -160,8 +163,12 @@ start kube-apiserver kube-apiserver \
   --allow-privileged=true --profiling="${APISERVER_PROFILING:-false}"
 wait_for kube-apiserver 60 kc get --raw /readyz
 
+kcm_limits=()
+if [[ -n ${KCM_API_QPS:-} ]]; then
+  kcm_limits=(--kube-api-qps "$KCM_API_QPS" --kube-api-burst "${KCM_API_BURST:-$((KCM_API_QPS * 2))}")
+fi
 log "starting kube-controller-manager"
-start kube-controller-manager kube-controller-manager \
+start kube-controller-manager kube-controller-manager "${kcm_limits[@]}" \
   --kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$CLUSTER_DIR/controller-manager.kubeconfig" \
