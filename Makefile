@@ -99,6 +99,8 @@ test-e2e-kind: ## The whole e2e suite on kind: the kwok-tier tests (their pods r
 ## ---- benchmarks (numbers, not tests) ----------------------------------------
 SIZES ?= 100,1000
 # ARGO=0 skips the Argo Rollouts round (its controller is built once from the Go module proxy).
+# KCM_API_QPS=N starts the local cluster with kube-controller-manager limited to N requests/s
+# (default 20; stop a running cluster first); ARGO_ROLLOUTS_QPS=N sets Argo's limit (default 40).
 ARGO ?= 1
 .PHONY: bench-operator
 bench-operator: ## Operator: convergence of SIZES MicroServices, peak RSS, idle API traffic, 429s, and Argo Rollouts side by side (local cluster)

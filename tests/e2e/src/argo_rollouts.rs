@@ -28,7 +28,9 @@ pub fn binary() -> Option<String> {
 }
 
 /// Starts rollouts-controller for `ns`, its metrics on `port` and health on `port + 100`; killed
-/// when dropped. Its log goes to `target/bench/NS-rollouts-controller.log`.
+/// when dropped. Its log goes to `target/bench/NS-rollouts-controller.log`. `ARGO_ROLLOUTS_QPS`
+/// sets its client limit (`--qps`, burst twice that; its own default is 40, burst 80), to match a
+/// cluster whose kube-controller-manager runs with a raised limit (`KCM_API_QPS`).
 pub fn start_controller(bin: &str, ns: &str, port: u16) -> tokio::process::Child {
     let dir = std::path::Path::new("target/bench");
     std::fs::create_dir_all(dir).expect("target/bench");
@@ -36,6 +38,10 @@ pub fn start_controller(bin: &str, ns: &str, port: u16) -> tokio::process::Child
     let mut command = tokio::process::Command::new(bin);
     if let Ok(kubeconfig) = std::env::var("KUBECONFIG") {
         command.args(["--kubeconfig", &kubeconfig]);
+    }
+    if let Ok(qps) = std::env::var("ARGO_ROLLOUTS_QPS") {
+        let qps: u32 = qps.parse().unwrap_or_else(|_| panic!("ARGO_ROLLOUTS_QPS={qps}: not a whole number"));
+        command.args(["--qps", &qps.to_string(), "--burst", &(qps.saturating_mul(2)).to_string()]);
     }
     command
         .args(["--namespace", ns, "--namespaced", "--leader-elect=false", "--loglevel", "warn"])
