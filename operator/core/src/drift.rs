@@ -97,9 +97,9 @@ pub fn is_legacy_status(entry: &ManagedFieldsEntry) -> bool {
 /// Keeps only the operator's own `managedFields` entries, each field set as its JSON text: all a
 /// cache needs for [`drift`].
 ///
-/// NB: a parsed `fieldsV1` is a map per field, about 14 times the size of its text
-/// (BENCHMARKS.md: the peak RSS at 1,000 apps before and after); [`owned_fields`] parses the text
-/// when a reconcile reads it.
+/// NB: a parsed `fieldsV1` is a map per field, many times the size of its text (operator/BENCHMARKS.md:
+/// the peak RSS at 1,000 apps before and after); [`owned_fields`] parses the text when a reconcile
+/// reads it.
 pub fn keep_own_fields(meta: &mut ObjectMeta) {
     if let Some(entries) = meta.managed_fields.as_mut() {
         entries.retain(is_own);
