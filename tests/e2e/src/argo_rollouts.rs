@@ -41,7 +41,7 @@ pub fn start_controller(bin: &str, ns: &str, port: u16) -> tokio::process::Child
     }
     if let Ok(qps) = std::env::var("ARGO_ROLLOUTS_QPS") {
         let qps: u32 = qps.parse().unwrap_or_else(|_| panic!("ARGO_ROLLOUTS_QPS={qps}: not a whole number"));
-        command.args(["--qps", &qps.to_string(), "--burst", &(qps.saturating_mul(2)).to_string()]);
+        command.args(["--qps", &qps.to_string(), "--burst", &qps.saturating_mul(2).to_string()]);
     }
     command
         .args(["--namespace", ns, "--namespaced", "--leader-elect=false", "--loglevel", "warn"])

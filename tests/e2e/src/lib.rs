@@ -22,7 +22,7 @@ pub use diagnostics::{dump_namespace, register_log_file};
 pub use microservice::{condition, condition_status, microservice_resource};
 pub use operator::OperatorProcess;
 pub use wait::{WaitError, wait_until};
-pub use workload::{Nodes, WORKLOAD_PORT};
+pub use workload::{Nodes, WORKLOAD_PORT, deployment_available};
 
 use std::{collections::BTreeMap, future::Future, panic::AssertUnwindSafe, time::Duration};
 

@@ -7,7 +7,7 @@
 //! kind by `kind.sh load`), told by its flags to listen on the port the tests
 //! declare and to keep its SQLite database on the pod's writable `/tmp`.
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Node};
 use kube::{Api, Client, api::ListParams};
 use serde_json::{Value, json};
 
@@ -22,6 +22,16 @@ const SERVING_IMAGE: &str = "docker.io/ferry/inventory-service:dev";
 const OTHER_SERVING_IMAGE: &str = "docker.io/ferry/order-service:dev";
 /// A second tag of the pause image; kwok never pulls it.
 const OTHER_PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.9";
+
+/// Available as `kubectl rollout status` sees it: the current generation observed, every replica
+/// of `spec.replicas` updated and available.
+pub fn deployment_available(d: &Deployment) -> bool {
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
+    let replicas = spec.replicas.unwrap_or(1);
+    status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+        && status.updated_replicas.unwrap_or(0) >= replicas
+        && status.available_replicas.unwrap_or(0) >= replicas
+}
 
 /// kwok's annotation on the nodes it fakes (tests/e2e/cluster/up.sh).
 const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";

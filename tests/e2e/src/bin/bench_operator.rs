@@ -26,7 +26,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_e2e::{OperatorProcess, PAUSE_IMAGE, microservice_resource, unique_suffix, wait_until};
+use ferry_e2e::{
+    OperatorProcess, PAUSE_IMAGE, deployment_available, microservice_resource, unique_suffix, wait_until,
+};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
 use kube::{
@@ -492,10 +494,6 @@ async fn write_costs(client: &Client) -> Vec<(&'static str, f64)> {
     costs
 }
 
-/// Control-plane throughput without the operator: for `n` objects, applies the
-/// children a MicroService would get (similar objects, no owner) with the same
-/// concurrency as the MicroService creates, each object's children in sequence.
-/// Returns the time until every child exists and the CPU seconds spent.
 /// The floor of a round of `n`: the children one MicroService produces, applied directly by
 /// the client with no controller, and how long kube-controller-manager and kwok then take
 /// to make every Deployment Available. No controller that writes Deployments can be faster on
@@ -510,6 +508,10 @@ struct Floor {
     cpu: BTreeMap<String, f64>,
 }
 
+/// Control-plane throughput without the operator: for `n` objects, applies the
+/// children a MicroService would get (similar objects, no owner) with the same
+/// concurrency as the MicroService creates, each object's children in sequence,
+/// then waits until every Deployment is Available.
 async fn baseline(client: &Client, n: usize) -> Floor {
     let ns = format!("bench-base-{n}-{}", unique_suffix());
     create_namespace(client, &ns).await;
@@ -574,16 +576,6 @@ fn watch_deployments(client: &Client, ns: &str) -> Store<Deployment> {
         watcher(api, watcher::Config::default()).default_backoff().reflect(writer).for_each(|_| async {}),
     );
     reader
-}
-
-/// Available as `kubectl rollout status` sees it: the current generation observed, every
-/// replica updated and available.
-fn deployment_available(d: &Deployment) -> bool {
-    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
-    let replicas = spec.replicas.unwrap_or(1);
-    status.observed_generation == d.metadata.generation
-        && status.updated_replicas.unwrap_or(0) >= replicas
-        && status.available_replicas.unwrap_or(0) >= replicas
 }
 
 /// The body of one baseline child, shaped like the operator's.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use ferry_e2e::{
     OperatorProcess, TestContext,
     argo_rollouts::{self, POD_TEMPLATE_HASH_LABEL, blue_green_app, rollout_resource},
-    in_namespace, microservice_resource,
+    deployment_available, in_namespace, microservice_resource,
     shop::REVISION_LABEL,
 };
 use futures::{StreamExt, stream, stream::BoxStream};
@@ -156,13 +156,9 @@ enum Seen {
     Pods,
 }
 
-fn deployment_available(d: &Deployment) -> bool {
-    let spec_n = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(-1);
-    let s = d.status.clone().unwrap_or_default();
-    spec_n == REPLICAS
-        && s.available_replicas.unwrap_or(0) >= REPLICAS
-        && s.updated_replicas.unwrap_or(0) >= REPLICAS
-        && s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+/// A revision's Deployment at its full size (not one scaled to zero) with every pod available.
+fn revision_available(d: &Deployment) -> bool {
+    d.spec.as_ref().and_then(|s| s.replicas) == Some(REPLICAS) && deployment_available(d)
 }
 
 fn replica_set_available(rs: &ReplicaSet) -> bool {
@@ -215,7 +211,7 @@ impl Watched {
                 .map(|r| {
                     r.map(|d| Seen::Workload {
                         revision: d.labels().get(REVISION_LABEL).cloned(),
-                        available: deployment_available(&d),
+                        available: revision_available(&d),
                     })
                 });
         Self::new(client, ns, REVISION_LABEL, workloads.boxed())
