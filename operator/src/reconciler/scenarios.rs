@@ -21,7 +21,7 @@ use ferry_operator_core::{
 };
 
 use super::{
-    Error, Result,
+    Error, Result, Stores,
     fixtures::{self, ApiServer, Seen, context, context_with_stores},
     reconcile,
 };
@@ -48,7 +48,17 @@ async fn reconcile_once(
     leader: bool,
     setup: impl FnOnce(ApiServer) -> ApiServer,
 ) -> (Result<Action>, Vec<Seen>) {
-    let (ctx, server, _triggers) = context(observed, leader);
+    reconcile_with_stores(observed, leader, fixtures::stores(observed), setup).await
+}
+
+/// [`reconcile_once`] with the caches given.
+async fn reconcile_with_stores(
+    observed: &Observed,
+    leader: bool,
+    stores: Stores,
+    setup: impl FnOnce(ApiServer) -> ApiServer,
+) -> (Result<Action>, Vec<Seen>) {
+    let (ctx, server, _triggers) = context_with_stores(observed, leader, stores);
     let server = tokio::spawn(setup(server).serve());
     let result =
         tokio::time::timeout(Duration::from_secs(10), reconcile(observed.microservice.clone(), ctx.clone()))
@@ -457,11 +467,7 @@ async fn reconcile_while_filling(filling: &str) -> (Result<Action>, Vec<Seen>) {
         }
         other => panic!("no cache {other}"),
     };
-    let (ctx, server, _triggers) = context_with_stores(&observed, true, stores);
-    let server = tokio::spawn(server.serve());
-    let result = reconcile(observed.microservice.clone(), ctx.clone()).await;
-    drop(ctx);
-    (result, server.await.expect("the fake API server does not panic"))
+    reconcile_with_stores(&observed, true, stores, |s| s).await
 }
 
 #[tokio::test]
