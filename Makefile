@@ -97,6 +97,10 @@ test-e2e-kind: ## The whole e2e suite on kind: the kwok-tier tests (their pods r
 	E2E_EXTERNAL=1 KUBECONFIG=$(CURDIR)/target/kind/kubeconfig tests/e2e/run.sh
 
 ## ---- benchmarks (numbers, not tests) ----------------------------------------
+# Applies crds/ with kubeconfig $(1) and waits until MicroServices are served: on a cluster
+# started a moment before, a create right after the apply gets a 404.
+apply_crds = $(BIN)/kubectl --kubeconfig $(1) apply -f crds/ >/dev/null && \
+  $(BIN)/kubectl --kubeconfig $(1) wait --for=condition=Established --timeout=30s crd/microservices.ferry.dev >/dev/null
 SIZES ?= 100,1000
 # ARGO=0 skips the Argo Rollouts round (its controller is built once from the Go module proxy).
 # KCM_API_QPS=N starts the local cluster with kube-controller-manager limited to N requests/s
@@ -106,7 +110,7 @@ ARGO ?= 1
 bench-operator: ## Operator: convergence of SIZES MicroServices, peak RSS, idle API traffic, 429s, and Argo Rollouts side by side (local cluster)
 	$(CARGO) build --release --locked -p ferry-operator --bin operator -p ferry-e2e --bin bench_operator
 	$(CLUSTER)/up.sh >/dev/null
-	$(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f crds/ >/dev/null
+	$(call apply_crds,$(KUBECONFIG_LOCAL))
 	argo=""; if [[ "$(ARGO)" != 0 ]]; then argo="$$(tests/e2e/argo-rollouts/build.sh install $(KUBECONFIG_LOCAL))"; fi; \
 	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator ARGO_ROLLOUTS_BIN="$$argo" \
 	  target/release/bench_operator $(SIZES)
@@ -116,7 +120,7 @@ ROLLOUTS ?= 50
 bench-rollout: ## Blue-green promotion, Ferry and Argo Rollouts alternating over ROLLOUTS rollouts each (green available -> selector switched, patch -> old pods gone; local cluster)
 	$(CARGO) build --release --locked -p ferry-operator --bin operator -p ferry-e2e --bin bench_rollout
 	$(CLUSTER)/up.sh >/dev/null
-	$(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) apply -f crds/ >/dev/null
+	$(call apply_crds,$(KUBECONFIG_LOCAL))
 	argo=""; if [[ "$(ARGO)" != 0 ]]; then argo="$$(tests/e2e/argo-rollouts/build.sh install $(KUBECONFIG_LOCAL))"; fi; \
 	KUBECONFIG=$(KUBECONFIG_LOCAL) FERRY_OPERATOR_BIN=$(CURDIR)/target/release/operator ARGO_ROLLOUTS_BIN="$$argo" \
 	  target/release/bench_rollout $(ROLLOUTS)
@@ -128,7 +132,7 @@ bench-cutover: ## Blue-green cutover on kind under RATE CreateOrder/s: failed ca
 	$(CARGO) build --release --locked -p ferry-e2e --bin bench_cutover
 	tests/e2e/kind/kind.sh up >/dev/null
 	tests/e2e/kind/kind.sh load
-	$(BIN)/kubectl --kubeconfig $(CURDIR)/target/kind/kubeconfig apply -f crds/ >/dev/null
+	$(call apply_crds,$(CURDIR)/target/kind/kubeconfig)
 	source target/kind/env && tests/e2e/kind/kind.sh netns env KUBECONFIG=$$KIND_NODE_KUBECONFIG FERRY_REAL_PODS=1 \
 	  FERRY_POSTGRES_HOST=$$FERRY_POSTGRES_HOST FERRY_POSTGRES_PORT=$$FERRY_POSTGRES_PORT PATH="$(BIN):$$PATH" \
 	  target/release/bench_cutover $(RATE)
@@ -144,7 +148,7 @@ bench-autoscale: ## Order scaled on gRPC p99 (KEDA) vs CPU (HPA) on kind under t
 	tests/e2e/monitoring/images.sh keda >/dev/null
 	tests/e2e/kind/kind.sh up >/dev/null
 	tests/e2e/kind/kind.sh load
-	source target/kind/env && $(BIN)/kubectl --kubeconfig "$$KIND_KUBECONFIG" apply -f crds/ >/dev/null && \
+	source target/kind/env && $(call apply_crds,"$$KIND_KUBECONFIG") && \
 	  tests/e2e/monitoring/metrics-server/install.sh "$$KIND_KUBECONFIG" && \
 	  tests/e2e/monitoring/prometheus/install.sh "$$KIND_KUBECONFIG" && \
 	  tests/e2e/monitoring/keda/install.sh "$$KIND_KUBECONFIG"
